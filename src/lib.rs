@@ -1,0 +1,23 @@
+//! confab-sync: keeps a live, lossless copy of every Claude Code session on a confab backend (or
+//! a local archive). Data flows one way: files → reader → chunker → sink → checkpoint.
+//!
+//! Module map:
+//! - [`paths`], [`config`]: where things are and how the daemon is tuned.
+//! - [`state`], [`inbox`], [`lock`], [`liveness`]: the on-disk session files and process liveness.
+//! - [`reader`], [`chunker`], [`discovery`]: reading complete lines, cutting chunks, finding agents.
+//! - [`redact`], [`metadata`], [`summary_link`]: what gets changed or attached before sending.
+//! - [`sink`], [`backend`], [`archive`]: where lines go.
+//! - [`engine`]: one sync cycle over a session's files; [`daemon`]: the `run` lifecycle.
+
+pub mod archive;
+pub mod backend;
+pub mod config;
+pub mod inbox;
+pub mod liveness;
+pub mod lock;
+pub mod metadata;
+pub mod paths;
+pub mod redact;
+pub mod sink;
+pub mod state;
+pub mod summary_link;
