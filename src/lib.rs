@@ -7,17 +7,26 @@
 //! - [`reader`], [`chunker`], [`discovery`]: reading complete lines, cutting chunks, finding agents.
 //! - [`redact`], [`metadata`], [`summary_link`]: what gets changed or attached before sending.
 //! - [`sink`], [`backend`], [`archive`]: where lines go.
-//! - [`engine`]: one sync cycle over a session's files; [`daemon`]: the `run` lifecycle.
+//! - [`filesync`]: one file's position and chunk loop; [`engine`]: one sync cycle over a session;
+//!   [`daemon`]: the `run` lifecycle; [`sdnotify`]: systemd readiness, status and watchdog.
 
 pub mod archive;
 pub mod backend;
+pub mod chunker;
 pub mod config;
+pub mod daemon;
+pub mod discovery;
+pub mod engine;
+pub mod filesync;
 pub mod inbox;
 pub mod liveness;
 pub mod lock;
+pub mod logging;
 pub mod metadata;
 pub mod paths;
+pub mod reader;
 pub mod redact;
+pub mod sdnotify;
 pub mod sink;
 pub mod state;
 pub mod summary_link;

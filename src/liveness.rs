@@ -20,3 +20,8 @@ pub fn lock_is_held(lock_path: &Path) -> bool {
     let _ = lock_path;
     false
 }
+
+pub fn lock_holder_pid(lock_path: &Path) -> Option<i64> {
+    let _ = lock_path;
+    None
+}

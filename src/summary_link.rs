@@ -9,3 +9,9 @@ pub fn find_linked_session(transcript: &Path, leaf_uuid: &str) -> Option<String>
     let _ = (transcript, leaf_uuid);
     None
 }
+
+/// `(leafUuid, summary)` of a `{"type":"summary",...}` line with both non-empty.
+pub fn summary_links(line: &str) -> Option<(String, String)> {
+    let _ = line;
+    None
+}

@@ -1,0 +1,143 @@
+//! Chunk sizing on the *encoded* JSON (H4) and the oversized-line placeholder (H5).
+//!
+//! Invariants:
+//! - [`json_str_len`] equals what serde_json writes for a string, byte for byte (tested against it),
+//!   so a budget computed from it holds for the real body;
+//! - a chunk holds at least one line, and exceeds the target only when it holds exactly one;
+//! - no single line costs more than `hard_limit − 64 KiB`: such a line is replaced by
+//!   [`placeholder`], so every one-line body fits under the hard limit;
+//! - cutting depends only on the bytes from the chunk's first line and the settings, never on
+//!   timing (protocol.md W4 relies on it).
+
+use crate::sink::ChunkRequest;
+
+/// Room kept in the hard limit for the envelope and metadata.
+pub const ENVELOPE_RESERVE: usize = 64 * 1024;
+
+/// Size of `s` once written as a JSON string by serde_json, quotes included.
+pub fn json_str_len(s: &str) -> usize {
+    let mut n = 2;
+    for &b in s.as_bytes() {
+        n += match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        };
+    }
+    n
+}
+
+/// `{"type":"confab_oversized_line","original_bytes":N,"sha256":"<hex>"}`, keys in that order.
+pub fn placeholder(original_bytes: u64, sha256: &str) -> String {
+    format!(r#"{{"type":"confab_oversized_line","original_bytes":{original_bytes},"sha256":"{sha256}"}}"#)
+}
+
+/// The largest encoded line cost that is sent as it is.
+pub fn max_line_cost(hard_limit: usize) -> usize {
+    hard_limit.saturating_sub(ENVELOPE_RESERVE)
+}
+
+/// The largest raw line the reader should buffer: anything longer encodes over the limit anyway.
+pub fn max_raw_line(hard_limit: usize) -> usize {
+    max_line_cost(hard_limit).saturating_sub(2)
+}
+
+/// Accumulates lines up to a byte target.
+#[derive(Debug)]
+pub struct Budget {
+    target: usize,
+    used: usize,
+    count: usize,
+    max_lines: usize,
+}
+
+impl Budget {
+    /// `base` is the size of the request with no lines; `max_lines` caps the count (halving after a
+    /// size rejection, protocol.md §2).
+    pub fn new(target: usize, base: usize, max_lines: usize) -> Budget {
+        Budget { target, used: base, count: 0, max_lines: max_lines.max(1) }
+    }
+
+    /// Whether a line costing `cost` joins the chunk. The first line always does.
+    pub fn try_add(&mut self, cost: usize) -> bool {
+        let extra = cost + usize::from(self.count > 0);
+        if self.count > 0 && (self.count >= self.max_lines || self.used + extra > self.target) {
+            return false;
+        }
+        self.used += extra;
+        self.count += 1;
+        true
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+/// Serializes a chunk request. serde_json cannot fail on these types.
+pub fn encode(req: &ChunkRequest<'_>) -> Vec<u8> {
+    serde_json::to_vec(req).expect("chunk request serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{ChunkMetadata, FileType};
+
+    #[test]
+    fn str_len_matches_serde_json() {
+        let samples = [
+            String::new(),
+            "plain ascii".into(),
+            "quotes \" and \\ backslashes".into(),
+            "controls \n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}".into(),
+            "unicode é ✓ 𝄞 \u{2028}".into(),
+            "\"".repeat(1000),
+            (0u8..=127).map(char::from).collect(),
+        ];
+        for s in &samples {
+            assert_eq!(json_str_len(s), serde_json::to_string(s).unwrap().len(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn budget_matches_real_body_size() {
+        let lines: Vec<String> = vec!["a\"b".into(), "{\"x\":1}".into(), "\u{1}".into()];
+        let meta = ChunkMetadata::default();
+        let mk = |lines: &[String]| ChunkRequest {
+            session_id: "s",
+            file_name: "f.jsonl",
+            file_type: FileType::Transcript,
+            first_line: 1,
+            lines,
+            metadata: Some(&meta),
+        };
+        let base = encode(&mk(&[])).len();
+        let total: usize = lines.iter().map(|l| json_str_len(l)).sum::<usize>() + lines.len() - 1;
+        assert_eq!(encode(&mk(&lines)).len(), base + total);
+    }
+
+    #[test]
+    fn budget_always_takes_one_line_and_caps_count() {
+        let mut b = Budget::new(100, 50, 10);
+        assert!(b.try_add(500));
+        assert!(!b.try_add(1));
+        let mut b = Budget::new(100, 50, 2);
+        assert!(b.try_add(10));
+        assert!(b.try_add(10));
+        assert!(!b.try_add(10));
+        assert_eq!(b.count(), 2);
+        let mut b = Budget::new(100, 50, 100);
+        assert!(b.try_add(20));
+        assert!(b.try_add(29)); // 50 + 20 + 1 + 29 = 100
+        assert!(!b.try_add(0));
+    }
+
+    #[test]
+    fn placeholder_format() {
+        assert_eq!(
+            placeholder(5, "ab"),
+            r#"{"type":"confab_oversized_line","original_bytes":5,"sha256":"ab"}"#
+        );
+    }
+}

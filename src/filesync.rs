@@ -1,0 +1,498 @@
+//! One file's sync: its position object, identity check, reading from the cursor, cutting chunks
+//! and sending them, one at a time (sync-engine §2, §4).
+//!
+//! Invariants:
+//! - each file has exactly one [`Tracked`] (H10); `acked` is the sink's position and only moves on
+//!   an acknowledgement whose value was checked (H21) or on a refresh;
+//! - a [`Cursor`] is a fact about the file ("line L ends at byte O", with fingerprints); it is only
+//!   used after [`reader::check_identity`] passed, so a stale offset is never read from (H3);
+//! - nothing is sent for a file whose outcome is unknown: the caller refreshes first;
+//! - the caller persists the checkpoint after every acknowledged chunk (H1): [`SyncCtx::on_ack`].
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use crate::chunker::{self, Budget};
+use crate::discovery;
+use crate::metadata::{ChunkMetaCollector, RepoUrlCache};
+use crate::reader::{self, Fingerprint, Line, LineReader};
+use crate::redact::Redactor;
+use crate::sink::{ChunkMetadata, ChunkRequest, FileType, Sink, SinkError};
+use crate::state::FileEntry;
+use crate::summary_link;
+
+/// The backend refuses line numbers above this (protocol.md §4).
+pub const MAX_LINE_NUMBER: u64 = 99_999_999;
+const PARK_FOR: Duration = Duration::from_secs(3600);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// "Line `line` ends at byte `offset`" of the file `fp` describes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub line: u64,
+    pub offset: u64,
+    pub fp: Fingerprint,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Waiting,
+    Parked,
+    Diverged,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Waiting => "waiting",
+            Status::Parked => "parked",
+            Status::Diverged => "diverged",
+        }
+    }
+}
+
+/// The position object of one file.
+#[derive(Debug)]
+pub struct Tracked {
+    pub name: String,
+    pub file_type: FileType,
+    pub path: PathBuf,
+    pub acked: u64,
+    pub cursor: Option<Cursor>,
+    pub status: Status,
+    /// A chunk's outcome is unknown, or the position must be re-learned: refresh before sending.
+    pub needs_refresh: bool,
+    pub parked_until: Option<Instant>,
+    backoff: Option<(Instant, Duration)>,
+    /// Lines per chunk after size rejections (protocol.md §2, halving).
+    max_lines: usize,
+    size_rejects: u32,
+    /// (dev, ino, size, mtime ns) when the file was last fully synced: unchanged → not even opened.
+    idle_stat: Option<(u64, u64, u64, i64)>,
+    /// Bytes after the last complete line at the last read.
+    pub pending_bytes: u64,
+    pub last_error: Option<String>,
+    pub bytes_read: std::sync::Arc<AtomicU64>,
+}
+
+impl Tracked {
+    pub fn new(name: String, file_type: FileType, path: PathBuf, bytes_read: std::sync::Arc<AtomicU64>) -> Tracked {
+        Tracked {
+            name,
+            file_type,
+            path,
+            acked: 0,
+            cursor: None,
+            status: Status::Ok,
+            needs_refresh: false,
+            parked_until: None,
+            backoff: None,
+            max_lines: usize::MAX,
+            size_rejects: 0,
+            idle_stat: None,
+            pending_bytes: 0,
+            last_error: None,
+            bytes_read,
+        }
+    }
+
+    /// Restores a checkpoint from the state file (only trusted once init confirms the session).
+    pub fn restore(&mut self, e: &FileEntry) {
+        self.acked = e.acked_line;
+        self.cursor = e.acked_offset.map(|offset| Cursor {
+            line: e.acked_line,
+            offset,
+            fp: Fingerprint {
+                dev: e.dev,
+                ino: e.ino,
+                head_len: e.head_len,
+                head_sha256: e.head_sha256.clone(),
+                tail_len: e.tail_len,
+                tail_sha256: e.tail_sha256.clone(),
+            },
+        });
+    }
+
+    /// The checkpoint to persist. The offset is written only when it is the acked line's end.
+    pub fn entry(&self) -> FileEntry {
+        let c = self.cursor.as_ref().filter(|c| c.line == self.acked);
+        let fp = c.map(|c| c.fp.clone()).unwrap_or_default();
+        FileEntry {
+            file_type: self.file_type.as_str().to_string(),
+            path: self.path.display().to_string(),
+            acked_line: self.acked,
+            acked_offset: c.map(|c| c.offset),
+            dev: fp.dev,
+            ino: fp.ino,
+            head_len: fp.head_len,
+            head_sha256: fp.head_sha256,
+            tail_len: fp.tail_len,
+            tail_sha256: fp.tail_sha256,
+            status: self.status.as_str().to_string(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Adopts the sink's position after an init (sync-engine §2 "refresh").
+    pub fn adopt(&mut self, position: u64) {
+        self.acked = position;
+        if self.cursor.as_ref().is_some_and(|c| c.line > position) {
+            // The sink rolled back below our cursor: rescan from the start by line count.
+            self.cursor = None;
+        }
+        self.needs_refresh = false;
+        self.idle_stat = None;
+    }
+
+    pub fn due(&self, now: Instant) -> bool {
+        self.parked_until.is_none_or(|t| now >= t) && self.backoff.is_none_or(|(t, _)| now >= t)
+    }
+
+    fn park(&mut self, why: String) {
+        tracing::warn!(file = %self.name, "parking file for an hour: {why}");
+        self.status = Status::Parked;
+        self.parked_until = Some(Instant::now() + PARK_FOR);
+        self.last_error = Some(why);
+    }
+
+    fn back_off(&mut self, interval: Duration) {
+        let wait = match self.backoff {
+            Some((_, w)) => (w * 2).min(MAX_BACKOFF),
+            None => interval,
+        };
+        self.backoff = Some((Instant::now() + wait, wait));
+    }
+}
+
+/// What happened to one file in one pass.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing left to send (or the file is waiting, parked or backing off).
+    Done,
+    /// The caller must refresh positions, then call again.
+    Refresh,
+    /// Stop this file for this cycle.
+    Failed(SinkError),
+}
+
+/// Everything a file sync needs from the session.
+pub struct SyncCtx<'a> {
+    pub sink: &'a dyn Sink,
+    pub session_id: &'a str,
+    pub redactor: Option<&'a Redactor>,
+    pub repos: &'a mut RepoUrlCache,
+    pub chunk_target: usize,
+    pub hard_limit: usize,
+    pub interval: Duration,
+    /// Agent ids seen in the lines read.
+    pub agent_ids: &'a mut BTreeSet<String>,
+    /// `(leafUuid, summary)` pairs of acknowledged transcript lines, for summary linking.
+    pub summaries: &'a mut Vec<(String, String)>,
+    /// Called after each acknowledged chunk, to persist the checkpoint (H1).
+    pub on_ack: &'a mut dyn FnMut(&Tracked),
+}
+
+/// One chunk cut from the file.
+struct Built {
+    lines: Vec<String>,
+    end_offset: u64,
+    metadata: Option<ChunkMetadata>,
+    summaries: Vec<(String, String)>,
+}
+
+fn stat_key(file: &File) -> std::io::Result<(u64, u64, u64, i64)> {
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino(), m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+}
+
+/// Syncs one file until nothing is left to send, or until something needs the caller.
+pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
+    if t.needs_refresh {
+        return Outcome::Refresh;
+    }
+    let file = match reader::open_regular(&t.path) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            // A missing agent the backend named is waiting, not an error (H30).
+            t.status = Status::Waiting;
+            t.cursor = None;
+            t.idle_stat = None;
+            return Outcome::Done;
+        }
+        Err(e) => return local_error(t, format!("cannot open {}: {e}", t.path.display())),
+    };
+    let stat = match stat_key(&file) {
+        Ok(s) => s,
+        Err(e) => return local_error(t, format!("cannot stat {}: {e}", t.path.display())),
+    };
+    if t.idle_stat == Some(stat) {
+        return Outcome::Done;
+    }
+    if let Some(c) = &t.cursor {
+        match reader::check_identity(&file, c.offset, &c.fp, &t.bytes_read) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                tracing::warn!(file = %t.name, "{why}; re-learning the position and rescanning by line count");
+                t.cursor = None;
+                t.needs_refresh = true;
+                return Outcome::Refresh;
+            }
+            Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+        }
+    }
+    if t.status == Status::Waiting {
+        t.status = Status::Ok;
+    }
+    match position_at_acked(t, &file) {
+        Ok(true) => {}
+        Ok(false) => {
+            t.status = Status::Diverged;
+            t.idle_stat = Some(stat);
+            return Outcome::Done;
+        }
+        Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+    }
+    if t.status == Status::Diverged {
+        t.status = Status::Ok;
+    }
+    // A one-line chunk refused for size three times in a row goes out as a placeholder (§4).
+    let mut force_placeholder = t.size_rejects >= 3;
+    loop {
+        if t.acked >= MAX_LINE_NUMBER {
+            // Only park when there is something left to send.
+            if has_complete_line_after(t, &file).unwrap_or(false) {
+                t.park(format!("line numbers above {MAX_LINE_NUMBER} are refused by the backend"));
+            }
+            return Outcome::Done;
+        }
+        crate::sdnotify::watchdog_ping();
+        let cursor_offset = t.cursor.as_ref().map_or(0, |c| c.offset);
+        let built = match build_chunk(t, ctx, &file, cursor_offset, force_placeholder) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                t.idle_stat = stat_key(&file).ok();
+                return Outcome::Done;
+            }
+            Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+        };
+        let first_line = t.acked + 1;
+        let req = ChunkRequest {
+            session_id: ctx.session_id,
+            file_name: &t.name,
+            file_type: t.file_type,
+            first_line,
+            lines: &built.lines,
+            metadata: built.metadata.as_ref(),
+        };
+        let json = chunker::encode(&req);
+        let expected = req.last_line();
+        match crate::sdnotify::keepalive(ctx.sink.chunk(&req, &json)).await {
+            Ok(n) if n == expected => {
+                let fp = match reader::fingerprint(&file, built.end_offset, &t.bytes_read) {
+                    Ok(fp) => fp,
+                    Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+                };
+                t.acked = n;
+                t.cursor = Some(Cursor { line: n, offset: built.end_offset, fp });
+                t.backoff = None;
+                t.size_rejects = 0;
+                t.max_lines = usize::MAX;
+                t.last_error = None;
+                if t.status == Status::Parked {
+                    t.status = Status::Ok;
+                    t.parked_until = None;
+                }
+                force_placeholder = false;
+                ctx.summaries.extend(built.summaries);
+                (ctx.on_ack)(t);
+            }
+            Ok(n) => {
+                tracing::warn!(file = %t.name, "backend acknowledged up to line {n}, expected {expected}; re-learning the position");
+                t.needs_refresh = true;
+                return Outcome::Refresh;
+            }
+            Err(e) => {
+                t.last_error = Some(e.to_string());
+                match e {
+                    SinkError::Contiguity(_) => {
+                        t.needs_refresh = true;
+                        return Outcome::Refresh;
+                    }
+                    SinkError::BodyTooLarge(_) => {
+                        let n = built.lines.len();
+                        if n == 1 {
+                            t.size_rejects += 1;
+                        }
+                        t.max_lines = (n / 2).max(1);
+                        tracing::warn!(file = %t.name, lines = n, "chunk rejected as too large; retrying with {} lines", t.max_lines);
+                        t.needs_refresh = true;
+                        return Outcome::Refresh;
+                    }
+                    SinkError::TooManyChunks(m) => {
+                        t.park(m);
+                        return Outcome::Done;
+                    }
+                    SinkError::BadRequest(_) => {
+                        t.back_off(ctx.interval);
+                        t.needs_refresh = true;
+                        return Outcome::Failed(e);
+                    }
+                    e if e.outcome_unknown() => {
+                        t.needs_refresh = true;
+                        return Outcome::Failed(e);
+                    }
+                    e => return Outcome::Failed(e),
+                }
+            }
+        }
+    }
+}
+
+fn local_error(t: &mut Tracked, msg: String) -> Outcome {
+    t.last_error = Some(msg.clone());
+    Outcome::Failed(SinkError::Local(msg))
+}
+
+/// Moves the cursor to the end of line `acked`, scanning by line count from the cursor (or from
+/// the start). `Ok(false)` when the file has fewer complete lines than the sink holds.
+fn position_at_acked(t: &mut Tracked, file: &File) -> std::io::Result<bool> {
+    let (line, offset) = t.cursor.as_ref().map_or((0, 0), |c| (c.line, c.offset));
+    if line == t.acked {
+        return Ok(true);
+    }
+    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.bytes_read)?;
+    let skipped = r.skip_lines(t.acked - line)?;
+    let new_offset = r.offset();
+    t.pending_bytes = r.pending_bytes();
+    let fp = reader::fingerprint(file, new_offset, &t.bytes_read)?;
+    t.cursor = Some(Cursor { line: line + skipped, offset: new_offset, fp });
+    Ok(line + skipped == t.acked)
+}
+
+fn has_complete_line_after(t: &Tracked, file: &File) -> std::io::Result<bool> {
+    let offset = t.cursor.as_ref().map_or(0, |c| c.offset);
+    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.bytes_read)?;
+    Ok(r.skip_lines(1)? == 1)
+}
+
+/// Reads lines from `offset` into one chunk (None when no complete line is there).
+fn build_chunk(
+    t: &mut Tracked,
+    ctx: &mut SyncCtx<'_>,
+    file: &File,
+    offset: u64,
+    force_placeholder: bool,
+) -> std::io::Result<Option<Built>> {
+    let hard = ctx.hard_limit;
+    let max_cost = chunker::max_line_cost(hard);
+    let mut r = LineReader::new(file.try_clone()?, offset, chunker::max_raw_line(hard), &t.bytes_read)?;
+    let first_line = t.acked + 1;
+    let is_transcript = t.file_type == FileType::Transcript;
+    let empty_meta = ChunkMetadata::default();
+    let base = chunker::encode(&ChunkRequest {
+        session_id: ctx.session_id,
+        file_name: &t.name,
+        file_type: t.file_type,
+        first_line,
+        lines: &[],
+        metadata: is_transcript.then_some(&empty_meta),
+    })
+    .len();
+    let max_lines = t.max_lines.min((MAX_LINE_NUMBER - t.acked) as usize);
+    let mut budget = Budget::new(ctx.chunk_target, base, max_lines);
+    let mut collector = is_transcript.then(ChunkMetaCollector::new);
+    let mut lines = Vec::new();
+    let mut summaries = Vec::new();
+    let mut end_offset = offset;
+    while let Some(line) = r.next_line()? {
+        let line_no = first_line + lines.len() as u64;
+        let (text, raw) = match line {
+            Line::Oversized { original_bytes, sha256, .. } => {
+                tracing::warn!(file = %t.name, line = line_no, bytes = original_bytes, "line too large to send; sending a placeholder");
+                (chunker::placeholder(original_bytes, &sha256), None)
+            }
+            Line::Text { text, .. } if force_placeholder && lines.is_empty() => {
+                tracing::warn!(file = %t.name, line = line_no, bytes = text.len(), "line rejected as too large 3 times; sending a placeholder");
+                (placeholder_of(&text), None)
+            }
+            Line::Text { text, .. } => {
+                discovery::extract_agent_ids(&text, ctx.agent_ids);
+                let redacted = match ctx.redactor.map(|r| r.redact_line(&text)) {
+                    Some(std::borrow::Cow::Owned(s)) => s,
+                    _ => text.clone(),
+                };
+                if chunker::json_str_len(&redacted) > max_cost {
+                    tracing::warn!(file = %t.name, line = line_no, bytes = text.len(), "line too large once encoded; sending a placeholder");
+                    (placeholder_of(&text), None)
+                } else {
+                    (redacted, Some(text))
+                }
+            }
+        };
+        if !budget.try_add(chunker::json_str_len(&text)) {
+            break;
+        }
+        if let Some(raw) = &raw {
+            if let Some(c) = collector.as_mut() {
+                c.observe(raw, &text);
+            }
+            if is_transcript {
+                if let Some(pair) = summary_link::summary_links(raw) {
+                    summaries.push(pair);
+                }
+            }
+        }
+        lines.push(text);
+        end_offset = r.offset();
+    }
+    t.pending_bytes = r.pending_bytes();
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let metadata = collector.map(|c| c.finish(ctx.redactor, ctx.repos));
+    let mut built = Built { lines, end_offset, metadata, summaries };
+    trim_to_limit(t, ctx, &mut built, first_line, file)?;
+    Ok(Some(built))
+}
+
+fn placeholder_of(text: &str) -> String {
+    use sha2::Digest;
+    chunker::placeholder(text.len() as u64, &hex::encode(sha2::Sha256::digest(text.as_bytes())))
+}
+
+/// Drops trailing lines while the serialized body is over the target (metadata can push it
+/// over); a one-line chunk always fits under the hard limit by construction.
+fn trim_to_limit(t: &Tracked, ctx: &SyncCtx<'_>, built: &mut Built, first_line: u64, file: &File) -> std::io::Result<()> {
+    let size = |b: &Built| {
+        chunker::encode(&ChunkRequest {
+            session_id: ctx.session_id,
+            file_name: &t.name,
+            file_type: t.file_type,
+            first_line,
+            lines: &b.lines,
+            metadata: b.metadata.as_ref(),
+        })
+        .len()
+    };
+    let limit = ctx.chunk_target.min(ctx.hard_limit);
+    let mut over = size(built).saturating_sub(limit);
+    if over == 0 || built.lines.len() == 1 {
+        return Ok(());
+    }
+    while over > 0 && built.lines.len() > 1 {
+        let dropped = built.lines.pop().expect("more than one line");
+        over = over.saturating_sub(chunker::json_str_len(&dropped) + 1);
+    }
+    // Recompute the end offset for the kept lines by reading them again.
+    let start = t.cursor.as_ref().map_or(0, |c| c.offset);
+    let mut r = LineReader::new(file.try_clone()?, start, usize::MAX, &t.bytes_read)?;
+    r.skip_lines(built.lines.len() as u64)?;
+    built.end_offset = r.offset();
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Log set-up: journald with structured fields when systemd runs us (its stdout is the journal),
+//! human-readable stderr otherwise. The level comes from `CONFAB_LOG` (a tracing filter), else
+//! config.toml's `log_level`, else config.json's `log_level`, else `info`.
+//!
+//! Invariant: nothing logged anywhere contains the API key or request bodies (H16); the backend
+//! module only ever logs statuses and truncated response bodies.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM` to its dev:ino).
+pub fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.split_once(':') else { return false };
+    let Ok(meta) = nix::sys::stat::fstat(2) else { return false };
+    dev.parse::<u64>().ok() == Some(meta.st_dev as u64) && ino.parse::<u64>().ok() == Some(meta.st_ino as u64)
+}
+
+/// Installs the global subscriber. `session` adds `CONFAB_SESSION=<id>` to every journal record.
+pub fn init(level: Option<&str>, session: Option<&str>) {
+    let filter = std::env::var("CONFAB_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| level.and_then(|l| EnvFilter::try_new(l.to_ascii_lowercase()).ok()))
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if stderr_is_journal() {
+        if let Ok(layer) = tracing_journald::layer() {
+            let fields: Vec<(String, String)> =
+                session.map(|s| vec![("CONFAB_SESSION".to_string(), s.to_string())]).unwrap_or_default();
+            let layer = layer.with_syslog_identifier("confab-sync".into()).with_custom_fields(fields);
+            let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+            return;
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+}
