@@ -136,9 +136,10 @@ fn git_json(g: &GitInfo) -> serde_json::Value {
 
 impl ArchiveSink {
     /// `root` is absolute; directories are created on init.
+    /// The root is normalised (no trailing `/`, `//` or `.`) so its identity is stable.
     pub fn new(root: PathBuf) -> ArchiveSink {
         ArchiveSink {
-            root,
+            root: root.components().collect(),
             sessions: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -771,6 +772,9 @@ mod tests {
     async fn identity_is_file_url() {
         let sink = ArchiveSink::new(PathBuf::from("/tmp/x y/arch"));
         assert_eq!(sink.identity(), "file:///tmp/x%20y/arch");
+        let sink = ArchiveSink::new(PathBuf::from("/tmp//x y/./arch/"));
+        assert_eq!(sink.identity(), "file:///tmp/x%20y/arch");
+        assert_eq!(sink.root(), Path::new("/tmp/x y/arch"));
     }
 
     #[tokio::test]
@@ -877,6 +881,51 @@ mod tests {
             send(&again, &resp.session_id, AGENT, 3, &lines(&["z"]), None).await,
             Ok(3)
         );
+    }
+
+    #[tokio::test]
+    async fn corpus_transcript_and_agent_round_trip() {
+        const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/");
+        let id = "4d5611e5-241a-462a-8d15-5122611a9569";
+        let sources = [
+            (format!("{id}.jsonl"), format!("{CORPUS}{id}.jsonl")),
+            (
+                "agent-a2898e3.jsonl".to_string(),
+                format!("{CORPUS}{id}/subagents/agent-a2898e3.jsonl"),
+            ),
+        ];
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        for (name, src) in &sources {
+            let bytes = fs::read(src).unwrap();
+            let all: Vec<String> = String::from_utf8(bytes.clone())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let mut next = 0usize;
+            let mut size = 1usize;
+            while next < all.len() {
+                // A fresh sink each round: counts must come back from init, not from memory.
+                let sink = ArchiveSink::new(root.clone());
+                let resp = sink.init(&init_req(id)).await.unwrap();
+                assert_eq!(resp.files.get(name).copied().unwrap_or(0), next as u64);
+                let end = (next + size).min(all.len());
+                let got = send(
+                    &sink,
+                    &resp.session_id,
+                    name,
+                    next as u64 + 1,
+                    &all[next..end],
+                    None,
+                )
+                .await;
+                assert_eq!(got, Ok(end as u64));
+                next = end;
+                size = size * 3 + 1;
+            }
+            assert_eq!(fs::read(root.join(id).join(name)).unwrap(), bytes, "{name}");
+        }
     }
 
     #[tokio::test]
