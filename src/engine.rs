@@ -324,9 +324,7 @@ impl Engine {
             return;
         }
         self.state.confab_sync.files = self.files.values().map(|t| (t.name.clone(), t.entry())).collect();
-        if let Err(e) = state::save(&self.state_path, &self.state) {
-            tracing::warn!("cannot write the state file {}: {e}", self.state_path.display());
-        }
+        write_state(&self.state_path, &self.state);
     }
 
     /// One sync cycle: lazy init, then every file until nothing is left to send.
@@ -411,9 +409,7 @@ impl Engine {
                     *acked += 1;
                     if *persist {
                         state.confab_sync.files.insert(t.name.clone(), t.entry());
-                        if let Err(e) = state::save(state_path, state) {
-                            tracing::warn!("cannot write the state file {}: {e}", state_path.display());
-                        }
+                        write_state(state_path, state);
                     }
                     fault_after_ack();
                 };
@@ -517,6 +513,20 @@ impl Engine {
             s.push_str(&format!("; last error: {e}"));
         }
         s
+    }
+}
+
+/// Writes the checkpoint unless another process has taken the state over (H31): a state naming
+/// another pid is left alone, so neither our writes nor our shutdown clobber it.
+fn write_state(path: &std::path::Path, st: &State) {
+    if let Ok(Some(disk)) = state::load(path) {
+        if disk.pid != st.pid && disk.pid != 0 {
+            tracing::debug!("state file now names pid {}; not overwriting it", disk.pid);
+            return;
+        }
+    }
+    if let Err(e) = state::save(path, st) {
+        tracing::warn!("cannot write the state file {}: {e}", path.display());
     }
 }
 
