@@ -468,8 +468,3 @@ mod tests {
         }
     }
 }
-
-pub fn lock_holder_pid(lock_path: &Path) -> Option<i64> {
-    let _ = lock_path;
-    None
-}
