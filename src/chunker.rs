@@ -104,17 +104,20 @@ mod tests {
     fn budget_matches_real_body_size() {
         let lines: Vec<String> = vec!["a\"b".into(), "{\"x\":1}".into(), "\u{1}".into()];
         let meta = ChunkMetadata::default();
-        let mk = |lines: &[String]| ChunkRequest {
-            session_id: "s",
-            file_name: "f.jsonl",
-            file_type: FileType::Transcript,
-            first_line: 1,
-            lines,
-            metadata: Some(&meta),
+        let size = |lines: &[String]| {
+            encode(&ChunkRequest {
+                session_id: "s",
+                file_name: "f.jsonl",
+                file_type: FileType::Transcript,
+                first_line: 1,
+                lines,
+                metadata: Some(&meta),
+            })
+            .len()
         };
-        let base = encode(&mk(&[])).len();
+        let base = size(&[]);
         let total: usize = lines.iter().map(|l| json_str_len(l)).sum::<usize>() + lines.len() - 1;
-        assert_eq!(encode(&mk(&lines)).len(), base + total);
+        assert_eq!(size(&lines), base + total);
     }
 
     #[test]

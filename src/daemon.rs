@@ -337,7 +337,12 @@ impl Daemon {
 }
 
 async fn run_once(mut engine: Engine) -> Exit {
+    let progress = crate::progress::wanted()
+        .then(|| crate::progress::Progress::start(engine.counters(), engine.session.transcript.clone()));
     let report = engine.cycle().await;
+    if let Some(p) = progress {
+        p.finish().await;
+    }
     engine.finish_cycle(&report);
     engine.log_pending();
     match report.error {

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use crate::archive::ArchiveSink;
 use crate::backend::HttpSink;
 use crate::config::{self, SinkChoice, Tuning};
 use crate::discovery;
-use crate::filesync::{self, Outcome, Status, SyncCtx, Tracked};
+use crate::filesync::{self, FileCounters, Outcome, Status, SyncCtx, Tracked};
 use crate::inbox::InboxEvent;
 use crate::metadata::{self, RepoUrlCache};
 use crate::paths::Paths;
@@ -46,22 +46,22 @@ pub struct Session {
 
 /// Bytes read per file name, for tests and benchmarks (E5, E6, X3).
 #[derive(Default, Debug)]
-pub struct ReadCounters(Mutex<BTreeMap<String, Arc<AtomicU64>>>);
+pub struct ReadCounters(Mutex<BTreeMap<String, Arc<FileCounters>>>);
 
 impl ReadCounters {
-    pub fn counter(&self, name: &str) -> Arc<AtomicU64> {
+    pub fn counter(&self, name: &str) -> Arc<FileCounters> {
         self.0.lock().unwrap().entry(name.to_string()).or_default().clone()
     }
+    /// Bytes read from `name` so far.
     pub fn get(&self, name: &str) -> u64 {
-        self.0.lock().unwrap().get(name).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.0.lock().unwrap().get(name).map_or(0, |c| c.bytes_read.load(Ordering::Relaxed))
     }
     pub fn total(&self) -> u64 {
-        self.0.lock().unwrap().values().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.0.lock().unwrap().values().map(|c| c.bytes_read.load(Ordering::Relaxed)).sum()
     }
-    pub fn reset(&self) {
-        for c in self.0.lock().unwrap().values() {
-            c.store(0, Ordering::Relaxed);
-        }
+    /// `(file name, counters)` of every file seen, in name order.
+    pub fn snapshot(&self) -> Vec<(String, Arc<FileCounters>)> {
+        self.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 

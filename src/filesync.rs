@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::chunker::{self, Budget};
@@ -29,6 +29,15 @@ use crate::summary_link;
 pub const MAX_LINE_NUMBER: u64 = 99_999_999;
 const PARK_FOR: Duration = Duration::from_secs(3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Live per-file numbers for tests, benchmarks and the `--once` progress display.
+#[derive(Debug, Default)]
+pub struct FileCounters {
+    /// Every byte read from the file (lines, skips, fingerprints).
+    pub bytes_read: AtomicU64,
+    /// The sink's position.
+    pub lines_acked: AtomicU64,
+}
 
 /// "Line `line` ends at byte `offset`" of the file `fp` describes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,11 +87,11 @@ pub struct Tracked {
     /// Bytes after the last complete line at the last read.
     pub pending_bytes: u64,
     pub last_error: Option<String>,
-    pub bytes_read: std::sync::Arc<AtomicU64>,
+    pub counters: std::sync::Arc<FileCounters>,
 }
 
 impl Tracked {
-    pub fn new(name: String, file_type: FileType, path: PathBuf, bytes_read: std::sync::Arc<AtomicU64>) -> Tracked {
+    pub fn new(name: String, file_type: FileType, path: PathBuf, counters: std::sync::Arc<FileCounters>) -> Tracked {
         Tracked {
             name,
             file_type,
@@ -98,7 +107,7 @@ impl Tracked {
             idle_stat: None,
             pending_bytes: 0,
             last_error: None,
-            bytes_read,
+            counters,
         }
     }
 
@@ -235,7 +244,7 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
         return Outcome::Done;
     }
     if let Some(c) = &t.cursor {
-        match reader::check_identity(&file, c.offset, &c.fp, &t.bytes_read) {
+        match reader::check_identity(&file, c.offset, &c.fp, &t.counters.bytes_read) {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
                 tracing::warn!(file = %t.name, "{why}; re-learning the position and rescanning by line count");
@@ -294,11 +303,12 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
         let expected = req.last_line();
         match crate::sdnotify::keepalive(ctx.sink.chunk(&req, &json)).await {
             Ok(n) if n == expected => {
-                let fp = match reader::fingerprint(&file, built.end_offset, &t.bytes_read) {
+                let fp = match reader::fingerprint(&file, built.end_offset, &t.counters.bytes_read) {
                     Ok(fp) => fp,
                     Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
                 };
                 t.acked = n;
+                t.counters.lines_acked.store(n, Ordering::Relaxed);
                 t.cursor = Some(Cursor { line: n, offset: built.end_offset, fp });
                 t.backoff = None;
                 t.size_rejects = 0;
@@ -366,18 +376,18 @@ fn position_at_acked(t: &mut Tracked, file: &File) -> std::io::Result<bool> {
     if line == t.acked {
         return Ok(true);
     }
-    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.bytes_read)?;
+    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.counters.bytes_read)?;
     let skipped = r.skip_lines(t.acked - line)?;
     let new_offset = r.offset();
     t.pending_bytes = r.pending_bytes();
-    let fp = reader::fingerprint(file, new_offset, &t.bytes_read)?;
+    let fp = reader::fingerprint(file, new_offset, &t.counters.bytes_read)?;
     t.cursor = Some(Cursor { line: line + skipped, offset: new_offset, fp });
     Ok(line + skipped == t.acked)
 }
 
 fn has_complete_line_after(t: &Tracked, file: &File) -> std::io::Result<bool> {
     let offset = t.cursor.as_ref().map_or(0, |c| c.offset);
-    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.bytes_read)?;
+    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.counters.bytes_read)?;
     Ok(r.skip_lines(1)? == 1)
 }
 
@@ -391,7 +401,7 @@ fn build_chunk(
 ) -> std::io::Result<Option<Built>> {
     let hard = ctx.hard_limit;
     let max_cost = chunker::max_line_cost(hard);
-    let mut r = LineReader::new(file.try_clone()?, offset, chunker::max_raw_line(hard), &t.bytes_read)?;
+    let mut r = LineReader::new(file.try_clone()?, offset, chunker::max_raw_line(hard), &t.counters.bytes_read)?;
     let first_line = t.acked + 1;
     let is_transcript = t.file_type == FileType::Transcript;
     let empty_meta = ChunkMetadata::default();
@@ -491,7 +501,7 @@ fn trim_to_limit(t: &Tracked, ctx: &SyncCtx<'_>, built: &mut Built, first_line: 
     }
     // Recompute the end offset for the kept lines by reading them again.
     let start = t.cursor.as_ref().map_or(0, |c| c.offset);
-    let mut r = LineReader::new(file.try_clone()?, start, usize::MAX, &t.bytes_read)?;
+    let mut r = LineReader::new(file.try_clone()?, start, usize::MAX, &t.counters.bytes_read)?;
     r.skip_lines(built.lines.len() as u64)?;
     built.end_offset = r.offset();
     Ok(())

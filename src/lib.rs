@@ -24,6 +24,7 @@ pub mod lock;
 pub mod logging;
 pub mod metadata;
 pub mod paths;
+pub mod progress;
 pub mod reader;
 pub mod redact;
 pub mod sdnotify;
