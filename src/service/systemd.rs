@@ -480,3 +480,142 @@ mod tests {
         assert!(!ok && stderr.contains("not executable"), "{stderr}");
     }
 }
+
+/// Against a real `systemd --user` (testing-systemd.md): the unit's hardening lets a notify
+/// daemon run, start blocks until READY=1, a SIGKILLed daemon is restarted, exit 78 is not, and
+/// stop is graceful. The test re-runs itself inside `systemd/user-manager-harness.sh`, which
+/// provides private namespaces, journald and manager; the daemon is a small Python stand-in.
+#[cfg(test)]
+mod real_manager {
+    use super::*;
+    use crate::service::tests::ctx_in;
+    use crate::service::{resolve_kind, ManagerChoice};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    const FAKE_DAEMON: &str = r#"#!/usr/bin/python3
+import os, signal, socket, sys, time
+sid = sys.argv[2].split("=", 1)[1]
+log = open(os.path.join(os.environ["HOME"], sid + ".events"), "a", buffering=1)
+log.write("start %d %s\n" % (os.getpid(), " ".join(sys.argv[1:])))
+if sid == "exit78":
+    sys.exit(78)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = os.environ["NOTIFY_SOCKET"]
+def notify(msg):
+    sock.sendto(msg.encode(), "\0" + addr[1:] if addr.startswith("@") else addr)
+def stop(*_):
+    notify("STOPPING=1")
+    log.write("stopped\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+notify("READY=1\nSTATUS=fake daemon syncing")
+while True:
+    notify("WATCHDOG=1")
+    time.sleep(0.2)
+"#;
+
+    fn events(home: &Path, id: &str) -> Vec<String> {
+        std::fs::read_to_string(home.join(format!("{id}.events")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn await_true(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn show(id: &str, prop: &str) -> String {
+        let argv = systemctl(&["show", "-p", prop, "--value", &unit_name(id)]);
+        run_bounded(&argv, &[], QUICK_TIMEOUT)
+            .unwrap()
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn units_run_under_a_real_user_manager() {
+        if std::env::var_os("CONFAB_HARNESS_INSIDE").is_some() {
+            return inside(Path::new(&std::env::var_os("HOME").unwrap()));
+        }
+        let home = tempfile::tempdir().unwrap();
+        let bin = home.path().join("bin/fake-confab-sync");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::write(&bin, FAKE_DAEMON).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let harness = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/systemd/user-manager-harness.sh"
+        );
+        let out = std::process::Command::new(harness)
+            .arg(home.path())
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "service::systemd::real_manager::units_run_under_a_real_user_manager",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("1 passed"),
+            "the inner run must have run the test: {text}"
+        );
+    }
+
+    fn inside(home: &Path) {
+        let mut ctx = ctx_in(home);
+        ctx.binary = home.join("bin/fake-confab-sync");
+        ctx.uid = 0;
+        assert_eq!(
+            resolve_kind(ManagerChoice::Auto, &ctx),
+            ManagerKind::Systemd
+        );
+        let m = SystemdManager::new(ctx);
+        assert!(!unit_path(home).exists());
+
+        // Start installs the missing template, blocks until READY=1, and passes one argument.
+        let id = "-dash";
+        m.start(id).unwrap();
+        assert!(unit_path(home).is_file());
+        assert_eq!(m.is_active(id), Some(true));
+        let ev = events(home, id);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(ev[0].ends_with(" run --session-id=-dash"), "{ev:?}");
+        assert_eq!(show(id, "StatusText"), "fake daemon syncing");
+        assert_eq!(show(id, "WatchdogUSec"), "1min 30s");
+
+        // A SIGKILLed daemon comes back (Restart=on-failure, RestartSec=2s).
+        let kill = systemctl(&["kill", "--signal=SIGKILL", &unit_name(id)]);
+        assert!(run_bounded(&kill, &[], QUICK_TIMEOUT)
+            .unwrap()
+            .status
+            .success());
+        await_true("restart", || {
+            events(home, id).len() == 2 && m.is_active(id) == Some(true)
+        });
+
+        // Stop is graceful (SIGTERM, the daemon's own clean exit) and waits for it.
+        m.stop(id, true).unwrap();
+        assert_eq!(events(home, id).last().map(String::as_str), Some("stopped"));
+        assert_eq!(m.is_active(id), Some(false));
+        m.stop(id, false).unwrap(); // stopping a stopped (collected) unit is fine
+
+        // Exit 78 fails the start and is not restarted.
+        let e = m.start("exit78").unwrap_err();
+        assert!(e.contains("confab-sync@exit78.service"), "{e}");
+        std::thread::sleep(Duration::from_secs(4)); // two RestartSec periods: no second start
+        assert_eq!(events(home, "exit78").len(), 1);
+        assert_eq!(m.is_active("exit78"), Some(false));
+    }
+}
