@@ -51,8 +51,23 @@ pub fn detached_command(binary: &Path, id: &str, log: &File) -> std::io::Result<
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?)
         .process_group(0);
+    // A hook that itself runs under a service manager must not hand its notify socket,
+    // watchdog or socket-activation fds to a daemon that manager does not own.
+    for var in NOT_INHERITED {
+        cmd.env_remove(var);
+    }
     Ok(cmd)
 }
+
+/// Variables of the hook's own service manager that the detached daemon must not see.
+pub const NOT_INHERITED: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 
 /// The `none` manager.
 pub struct DetachedManager {
@@ -195,6 +210,27 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&log_path), 0o600);
         assert_eq!(mode(log_path.parent().unwrap()), 0o700);
+    }
+
+    #[test]
+    fn the_hooks_service_manager_variables_are_not_inherited() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(&dir.path().join("x.log")).unwrap();
+        let cmd = detached_command(Path::new("/bin/true"), "x", &log).unwrap();
+        let removed: Vec<_> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(removed.len(), NOT_INHERITED.len());
+        for var in NOT_INHERITED {
+            assert!(removed.iter().any(|r| r == var), "{var}");
+        }
+        assert_eq!(
+            cmd.get_args().collect::<Vec<_>>(),
+            ["run", "--session-id=x"]
+        );
+        assert_eq!(cmd.get_current_dir(), Some(Path::new("/")));
     }
 
     #[test]

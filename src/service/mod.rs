@@ -155,7 +155,7 @@ impl ServiceContext {
     /// The running binary, the real uid and no extra environment.
     pub fn new(paths: Paths) -> std::io::Result<ServiceContext> {
         Ok(ServiceContext {
-            binary: std::env::current_exe()?,
+            binary: running_binary()?,
             paths,
             uid: nix::unistd::getuid().as_raw(),
             env: BTreeMap::new(),
@@ -169,6 +169,19 @@ impl ServiceContext {
     /// The per-session log file used by launchd and the detached manager.
     pub fn log_file(&self, id: &str) -> PathBuf {
         self.paths.log_file(id)
+    }
+}
+
+/// The running executable. After a package upgrade replaced it, Linux reports
+/// `<path> (deleted)`; the new binary at `<path>` is the one to run.
+pub fn running_binary() -> std::io::Result<PathBuf> {
+    Ok(undeleted(std::env::current_exe()?))
+}
+
+fn undeleted(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(orig) if Path::new(orig).is_file() => PathBuf::from(orig),
+        _ => exe,
     }
 }
 
@@ -391,6 +404,18 @@ pub(crate) mod tests {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
         assert!(check_id(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn a_replaced_binary_is_found_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("confab-sync");
+        let deleted = PathBuf::from(format!("{} (deleted)", bin.display()));
+        assert_eq!(undeleted(deleted.clone()), deleted, "nothing there yet");
+        std::fs::write(&bin, "").unwrap();
+        assert_eq!(undeleted(deleted), bin);
+        assert_eq!(undeleted(bin.clone()), bin);
+        assert!(running_binary().unwrap().is_absolute());
     }
 
     #[test]
