@@ -67,7 +67,8 @@ impl HookInput {
     /// Parses the hook's stdin. Only a non-object (or non-JSON) input is an error; a known key with a
     /// value of the wrong type reads as absent (`""` for the six base keys).
     pub fn from_json(bytes: &[u8]) -> Result<HookInput, String> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("hook input is not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("hook input is not JSON: {e}"))?;
         HookInput::from_value(&v)
     }
 
@@ -76,7 +77,12 @@ impl HookInput {
         let obj = v.as_object().ok_or("hook input is not a JSON object")?;
         let string = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let opt_string = |k: &str| Some(string(k)).filter(|s| !s.is_empty());
-        let object = |k: &str| obj.get(k).and_then(Value::as_object).filter(|m| !m.is_empty()).cloned();
+        let object = |k: &str| {
+            obj.get(k)
+                .and_then(Value::as_object)
+                .filter(|m| !m.is_empty())
+                .cloned()
+        };
         Ok(HookInput {
             session_id: string("session_id"),
             transcript_path: string("transcript_path"),
@@ -84,7 +90,10 @@ impl HookInput {
             permission_mode: string("permission_mode"),
             hook_event_name: string("hook_event_name"),
             reason: string("reason"),
-            parent_pid: obj.get("parent_pid").and_then(Value::as_i64).filter(|&p| p != 0),
+            parent_pid: obj
+                .get("parent_pid")
+                .and_then(Value::as_i64)
+                .filter(|&p| p != 0),
             prompt: opt_string("prompt"),
             tool_name: opt_string("tool_name"),
             tool_input: object("tool_input"),
@@ -106,10 +115,16 @@ impl HookInput {
         ] {
             strip_str(s);
         }
-        for s in [&mut self.prompt, &mut self.tool_name, &mut self.tool_use_id].into_iter().flatten() {
+        for s in [&mut self.prompt, &mut self.tool_name, &mut self.tool_use_id]
+            .into_iter()
+            .flatten()
+        {
             strip_str(s);
         }
-        for m in [&mut self.tool_input, &mut self.tool_response].into_iter().flatten() {
+        for m in [&mut self.tool_input, &mut self.tool_response]
+            .into_iter()
+            .flatten()
+        {
             strip_map(m);
         }
     }
@@ -211,7 +226,10 @@ impl InboxEvent {
     pub fn from_line(line: &[u8]) -> Result<InboxEvent, String> {
         let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
         let obj = v.as_object().ok_or("not a JSON object")?;
-        let kind = obj.get("type").and_then(Value::as_str).ok_or("no \"type\" string")?;
+        let kind = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or("no \"type\" string")?;
         let timestamp = obj.get("timestamp").and_then(Value::as_str).unwrap_or("");
         let hook_input = match obj.get("hook_input") {
             None | Some(Value::Null) => None,
@@ -229,7 +247,11 @@ impl InboxEvent {
 pub fn append(path: &Path, event: &InboxEvent) -> std::io::Result<()> {
     let mut buf = event.to_line().into_bytes();
     buf.push(b'\n');
-    let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(path)?;
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
     // A regular-file write of this size is complete in one call; write_all only loops if the
     // kernel ever returns short, which is still better than losing the event.
     f.write_all(&buf)
@@ -253,7 +275,10 @@ pub fn read_all(path: &Path) -> Vec<InboxEvent> {
         match read_bounded_line(&mut reader) {
             Ok(None) => break,
             Ok(Some(BoundedLine::TooLong)) => {
-                tracing::warn!("inbox {} line {line_no}: longer than 1 MiB, skipped", path.display());
+                tracing::warn!(
+                    "inbox {} line {line_no}: longer than 1 MiB, skipped",
+                    path.display()
+                );
             }
             Ok(Some(BoundedLine::Line(bytes))) => {
                 if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -261,11 +286,16 @@ pub fn read_all(path: &Path) -> Vec<InboxEvent> {
                 }
                 match InboxEvent::from_line(&bytes) {
                     Ok(ev) => events.push(ev),
-                    Err(why) => tracing::warn!("inbox {} line {line_no}: {why}; skipped", path.display()),
+                    Err(why) => {
+                        tracing::warn!("inbox {} line {line_no}: {why}; skipped", path.display())
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!("inbox {}: read error after line {line_no}: {e}", path.display());
+                tracing::warn!(
+                    "inbox {}: read error after line {line_no}: {e}",
+                    path.display()
+                );
                 break;
             }
         }
@@ -331,10 +361,21 @@ mod tests {
 
     #[test]
     fn six_keys_always_present_optional_only_when_set() {
-        let h = HookInput::from_json(br#"{"session_id":"s","extra":1,"prompt":"","parent_pid":0}"#).unwrap();
+        let h = HookInput::from_json(br#"{"session_id":"s","extra":1,"prompt":"","parent_pid":0}"#)
+            .unwrap();
         let v = h.to_payload();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["session_id", "transcript_path", "cwd", "permission_mode", "hook_event_name", "reason"]);
+        assert_eq!(
+            keys,
+            [
+                "session_id",
+                "transcript_path",
+                "cwd",
+                "permission_mode",
+                "hook_event_name",
+                "reason"
+            ]
+        );
         assert_eq!(v["session_id"], "s");
         assert_eq!(v["reason"], "");
     }
@@ -367,7 +408,11 @@ mod tests {
         .unwrap();
         assert_eq!(h, HookInput::default());
         for bad in [&b"[]"[..], b"\"s\"", b"12", b"null", b"{", b""] {
-            assert!(HookInput::from_json(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                HookInput::from_json(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -399,8 +444,14 @@ mod tests {
             ev.to_line(),
             r#"{"type":"session_end","timestamp":"2025-01-02T03:04:05Z","hook_input":{"session_id":"s","transcript_path":"/t/x.jsonl","cwd":"/c","permission_mode":"default","hook_event_name":"SessionEnd","reason":"exit"}}"#
         );
-        let none = InboxEvent { hook_input: None, ..ev.clone() };
-        assert_eq!(none.to_line(), r#"{"type":"session_end","timestamp":"2025-01-02T03:04:05Z"}"#);
+        let none = InboxEvent {
+            hook_input: None,
+            ..ev.clone()
+        };
+        assert_eq!(
+            none.to_line(),
+            r#"{"type":"session_end","timestamp":"2025-01-02T03:04:05Z"}"#
+        );
         assert_eq!(InboxEvent::from_line(ev.to_line().as_bytes()), Ok(ev));
     }
 
@@ -427,15 +478,25 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("s.inbox.jsonl");
         for i in 0..3 {
-            append(&path, &InboxEvent::session_end(Some(input("s", &format!("r{i}"))))).unwrap();
+            append(
+                &path,
+                &InboxEvent::session_end(Some(input("s", &format!("r{i}")))),
+            )
+            .unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.matches('\n').count(), 3);
         assert!(text.ends_with('\n'));
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let events = read_all(&path);
         assert_eq!(events.len(), 3);
-        let reasons: Vec<&str> = events.iter().map(|e| e.hook_input.as_ref().unwrap().reason.as_str()).collect();
+        let reasons: Vec<&str> = events
+            .iter()
+            .map(|e| e.hook_input.as_ref().unwrap().reason.as_str())
+            .collect();
         assert_eq!(reasons, ["r0", "r1", "r2"]);
         // B6: session_id and reason round-trip.
         assert_eq!(events[0].hook_input.as_ref().unwrap().session_id, "s");
@@ -483,7 +544,10 @@ mod tests {
         text += "{\"timestamp\":\"no type\"}\n";
         text += "{\"type\":\"session_end\",\"hook_input\":\"str\"}\n";
         text += "\n";
-        text += &format!("{{\"type\":\"x\",\"pad\":\"{}\"}}\n", "y".repeat(MAX_LINE_BYTES + 5));
+        text += &format!(
+            "{{\"type\":\"x\",\"pad\":\"{}\"}}\n",
+            "y".repeat(MAX_LINE_BYTES + 5)
+        );
         text += &(good("2").to_line() + "\n");
         // A torn last line (no newline, incomplete JSON).
         text += "{\"type\":\"sess";
@@ -500,7 +564,11 @@ mod tests {
         let pad = "p".repeat(MAX_LINE_BYTES - head.len() - 2);
         let line = format!("{head}{pad}\"}}");
         assert_eq!(line.len(), MAX_LINE_BYTES);
-        std::fs::write(&path, format!("{line}\n{{\"type\":\"last\",\"timestamp\":\"t\"}}")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{line}\n{{\"type\":\"last\",\"timestamp\":\"t\"}}"),
+        )
+        .unwrap();
         let kinds: Vec<String> = read_all(&path).into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["big", "last"]);
     }
