@@ -91,6 +91,7 @@ fn lock_holders(lock_path: &Path) -> Vec<i64> {
 }
 
 /// One granted lock from /proc/locks.
+#[cfg(target_os = "linux")]
 #[derive(Debug, PartialEq, Eq)]
 struct LockEntry {
     pid: i64,
@@ -99,6 +100,7 @@ struct LockEntry {
     ino: u64,
 }
 
+#[cfg(target_os = "linux")]
 /// Parses `1: FLOCK  ADVISORY  WRITE 1234 08:02:131090 0 EOF`. Waiters (`1: -> FLOCK ...`) hold
 /// nothing and give `None`.
 fn parse_lock_line(line: &str) -> Option<LockEntry> {

@@ -50,6 +50,12 @@ impl Paths {
         }
     }
 
+    /// Paths for `home` with no overrides (tests and tools).
+    pub fn for_home(home: &Path) -> Paths {
+        let home = home.to_path_buf();
+        Self::from_lookup(move |k| (k == "HOME").then(|| home.clone()))
+    }
+
     /// `~/.confab`
     pub fn confab_dir(&self) -> PathBuf {
         self.home.join(".confab")
@@ -254,6 +260,12 @@ mod tests {
             p.tuning_file(),
             PathBuf::from("/h/.config/confab-sync/config.toml")
         );
+    }
+
+    #[test]
+    fn for_home_ignores_the_environment() {
+        let p = Paths::for_home(Path::new("/x"));
+        assert_eq!(p, Paths::from_lookup(lookup(&[("HOME", "/x")])));
     }
 
     #[test]
