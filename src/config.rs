@@ -74,7 +74,14 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("backend_url", &self.backend_url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "<hidden>" })
+            .field(
+                "api_key",
+                &if self.api_key.is_empty() {
+                    ""
+                } else {
+                    "<hidden>"
+                },
+            )
             .field("log_level", &self.log_level)
             .field("redaction", &self.redaction)
             .finish()
@@ -109,19 +116,23 @@ pub fn read_credentials(path: &Path) -> Result<Option<Credentials>, ConfigError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
     };
-    serde_json::from_slice::<Credentials>(&bytes).map(Some).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => "a value of the wrong type",
-            serde_json::error::Category::Eof => "unexpected end of file",
-            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "invalid JSON",
-        };
-        ConfigError(format!(
-            "not authenticated: {} has {what} at line {} column {}",
-            path.display(),
-            e.line(),
-            e.column()
-        ))
-    })
+    serde_json::from_slice::<Credentials>(&bytes)
+        .map(Some)
+        .map_err(|e| {
+            let what = match e.classify() {
+                serde_json::error::Category::Data => "a value of the wrong type",
+                serde_json::error::Category::Eof => "unexpected end of file",
+                serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
+                    "invalid JSON"
+                }
+            };
+            ConfigError(format!(
+                "not authenticated: {} has {what} at line {} column {}",
+                path.display(),
+                e.line(),
+                e.column()
+            ))
+        })
 }
 
 /// Picks the sink: no file / no or empty `backend_url` → default archive; `file://` → that archive;
@@ -158,13 +169,20 @@ fn file_url_root(url: &str) -> Result<PathBuf, ConfigError> {
     use std::os::unix::ffi::OsStrExt;
     let bad = |why: &str| ConfigError(format!("backend_url file URL {why}"));
     let rest = &url["file:".len()..];
-    let rest = rest.strip_prefix("//").ok_or_else(|| bad("must start with file:///"))?;
+    let rest = rest
+        .strip_prefix("//")
+        .ok_or_else(|| bad("must start with file:///"))?;
     let path = if rest.starts_with('/') {
         rest
-    } else if rest.get(..10).is_some_and(|h| h.eq_ignore_ascii_case("localhost/")) {
+    } else if rest
+        .get(..10)
+        .is_some_and(|h| h.eq_ignore_ascii_case("localhost/"))
+    {
         &rest[9..]
     } else {
-        return Err(bad("must name an absolute path on this host (file:///path or file://localhost/path)"));
+        return Err(bad(
+            "must name an absolute path on this host (file:///path or file://localhost/path)",
+        ));
     };
     if path.contains(['?', '#']) {
         return Err(bad("must not have a query or fragment"));
@@ -266,7 +284,10 @@ impl Tuning {
     /// A missing file means defaults; an unreadable or invalid one (bad TOML, wrong type, value out of
     /// range) is an error. Unknown keys are ignored. An invalid environment value is ignored (the file
     /// or the default applies).
-    pub fn load(paths: &Paths, env: impl Fn(&str) -> Option<String>) -> Result<Tuning, ConfigError> {
+    pub fn load(
+        paths: &Paths,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Tuning, ConfigError> {
         let path = paths.tuning_file();
         let file = match std::fs::read_to_string(&path) {
             Ok(text) => TuningFile::parse(&text)
@@ -346,20 +367,32 @@ impl TuningFile {
             }
         })?;
         let check = |key: &str, v: Option<u64>, min: u64, max: u64| match v {
-            Some(v) if !(min..=max).contains(&v) => Err(format!("{key} = {v} is outside {min}..={max}")),
+            Some(v) if !(min..=max).contains(&v) => {
+                Err(format!("{key} = {v} is outside {min}..={max}"))
+            }
             _ => Ok(()),
         };
         let day = 86_400_000;
         check("interval_ms", f.interval_ms, 1, MAX_INTERVAL_MS)?;
         check("jitter_ms", f.jitter_ms, 0, MAX_INTERVAL_MS)?;
         check("http_timeout_ms", f.http_timeout_ms, 1, day)?;
-        check("chunk_hard_limit_bytes", f.chunk_hard_limit_bytes, 1, CHUNK_HARD_LIMIT as u64)?;
+        check(
+            "chunk_hard_limit_bytes",
+            f.chunk_hard_limit_bytes,
+            1,
+            CHUNK_HARD_LIMIT as u64,
+        )?;
         check("chunk_target_bytes", f.chunk_target_bytes, 1, u64::MAX)?;
         check("parent_check_ms", f.parent_check_ms, 1, day)?;
         check("transcript_poll_ms", f.transcript_poll_ms, 1, day)?;
         check("transcript_wait_ms", f.transcript_wait_ms, 0, day)?;
         check("shutdown_budget_ms", f.shutdown_budget_ms, 0, day)?;
-        check("session_gone_cycles", f.session_gone_cycles.map(u64::from), 1, 1_000_000)?;
+        check(
+            "session_gone_cycles",
+            f.session_gone_cycles.map(u64::from),
+            1,
+            1_000_000,
+        )?;
         Ok(f)
     }
 
@@ -380,7 +413,9 @@ impl TuningFile {
             .map_or(d.chunk_hard_limit, |v| v as usize);
         let chunk_target_bytes = self
             .chunk_target_bytes
-            .map_or(d.chunk_target_bytes, |v| usize::try_from(v).unwrap_or(usize::MAX))
+            .map_or(d.chunk_target_bytes, |v| {
+                usize::try_from(v).unwrap_or(usize::MAX)
+            })
             .min(chunk_hard_limit);
         Tuning {
             interval,
@@ -459,7 +494,11 @@ mod tests {
     #[test]
     fn credentials_nulls_read_as_defaults() {
         let tmp = tempfile::tempdir().unwrap();
-        let p = write(tmp.path(), "c.json", r#"{"backend_url":null,"api_key":null,"redaction":null}"#);
+        let p = write(
+            tmp.path(),
+            "c.json",
+            r#"{"backend_url":null,"api_key":null,"redaction":null}"#,
+        );
         assert_eq!(read_credentials(&p), Ok(Some(Credentials::default())));
     }
 
@@ -510,13 +549,26 @@ mod tests {
     fn file_urls_select_that_archive() {
         let p = fixed_paths();
         let root = |u: &str| choose_sink(Some(&creds(u, "")), &p);
-        let archive = |r: &str| Ok(SinkChoice::Archive { root: PathBuf::from(r) });
+        let archive = |r: &str| {
+            Ok(SinkChoice::Archive {
+                root: PathBuf::from(r),
+            })
+        };
         assert_eq!(root("file:///tmp/x/arch"), archive("/tmp/x/arch"));
         assert_eq!(root("file:///tmp/x/arch/"), archive("/tmp/x/arch"));
         assert_eq!(root("file://localhost/tmp/a%20b"), archive("/tmp/a b"));
         assert_eq!(root("FILE://LocalHost/tmp/%C3%A9"), archive("/tmp/é"));
         assert_eq!(root("file:///"), archive("/"));
-        for bad in ["file://otherhost/tmp", "file://relative/path", "file:relative", "file:/abs", "file:///a?q", "file:///a#f", "file:///a%00b", "file://localhost"] {
+        for bad in [
+            "file://otherhost/tmp",
+            "file://relative/path",
+            "file:relative",
+            "file:/abs",
+            "file:///a?q",
+            "file:///a#f",
+            "file:///a%00b",
+            "file://localhost",
+        ] {
             let err = root(bad).expect_err(bad);
             assert!(!err.0.contains('\n'));
         }
@@ -533,10 +585,21 @@ mod tests {
             })
         };
         assert_eq!(http("http://127.0.0.1:8080"), base("http://127.0.0.1:8080"));
-        assert_eq!(http("http://127.0.0.1:8080/"), base("http://127.0.0.1:8080"));
+        assert_eq!(
+            http("http://127.0.0.1:8080/"),
+            base("http://127.0.0.1:8080")
+        );
         assert_eq!(http("https://h/confab///"), base("https://h/confab"));
         assert_eq!(http(" https://h/pre/ "), base("https://h/pre"));
-        for bad in ["http://", "https://h/?q=1", "https://h/#f", "ftp://h", "h:80", "nonsense", "https://u:p@h/"] {
+        for bad in [
+            "http://",
+            "https://h/?q=1",
+            "https://h/#f",
+            "ftp://h",
+            "h:80",
+            "nonsense",
+            "https://u:p@h/",
+        ] {
             assert!(http(bad).is_err(), "{bad}");
         }
     }
@@ -555,7 +618,12 @@ mod tests {
                 api_key: KEY.into()
             })
         );
-        for bad in [format!("{KEY}\r\nX-Evil: 1"), format!("a\u{1}b"), "a\tb".to_string(), "a\u{7f}".to_string()] {
+        for bad in [
+            format!("{KEY}\r\nX-Evil: 1"),
+            "a\u{1}b".to_string(),
+            "a\tb".to_string(),
+            "a\u{7f}".to_string(),
+        ] {
             let err = sink(&bad).unwrap_err().0;
             assert!(!err.contains(KEY) && !err.contains('\n'), "{err}");
         }
@@ -576,15 +644,22 @@ mod tests {
         }
         // The whole path from config to request URL.
         let p = fixed_paths();
-        let SinkChoice::Http { base_url, .. } = choose_sink(Some(&creds("http://h:1/pre/", "k")), &p).unwrap()
+        let SinkChoice::Http { base_url, .. } =
+            choose_sink(Some(&creds("http://h:1/pre/", "k")), &p).unwrap()
         else {
             panic!("http expected")
         };
-        assert_eq!(join_url(&base_url, "/api/v1/sync/init"), "http://h:1/pre/api/v1/sync/init");
+        assert_eq!(
+            join_url(&base_url, "/api/v1/sync/init"),
+            "http://h:1/pre/api/v1/sync/init"
+        );
     }
 
     fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -667,7 +742,11 @@ mod tests {
     fn toml_interval_only_turns_jitter_off_and_target_is_capped() {
         let tmp = tempfile::tempdir().unwrap();
         let h = tmp.path();
-        write(h, ".config/confab-sync/config.toml", "interval_ms = 500\nchunk_target_bytes = 99999999\n");
+        write(
+            h,
+            ".config/confab-sync/config.toml",
+            "interval_ms = 500\nchunk_target_bytes = 99999999\n",
+        );
         let t = load(h, &[]).unwrap();
         assert_eq!((t.interval, t.jitter), (ms(500), ms(0)));
         assert_eq!(t.chunk_target_bytes, CHUNK_HARD_LIMIT);

@@ -91,6 +91,7 @@ fn lock_holders(lock_path: &Path) -> Vec<i64> {
 }
 
 /// One granted lock from /proc/locks.
+#[cfg(target_os = "linux")]
 #[derive(Debug, PartialEq, Eq)]
 struct LockEntry {
     pid: i64,
@@ -99,6 +100,7 @@ struct LockEntry {
     ino: u64,
 }
 
+#[cfg(target_os = "linux")]
 /// Parses `1: FLOCK  ADVISORY  WRITE 1234 08:02:131090 0 EOF`. Waiters (`1: -> FLOCK ...`) hold
 /// nothing and give `None`.
 fn parse_lock_line(line: &str) -> Option<LockEntry> {
@@ -127,9 +129,10 @@ fn holder_has_open(pid: i64, dev: u64, ino: u64) -> Option<bool> {
         return None;
     }
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    Some(fds.flatten().any(|fd| {
-        std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
-    }))
+    Some(
+        fds.flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)),
+    )
 }
 
 /// The fields of /proc/<pid>/stat that we use.
@@ -271,7 +274,14 @@ mod tests {
         ] {
             assert!(is_claude_command(m), "{m:?} must match");
         }
-        for n in ["claudette", "claudesmith", "preclaude", "myclaudeapp", "", "/bin/bash"] {
+        for n in [
+            "claudette",
+            "claudesmith",
+            "preclaude",
+            "myclaudeapp",
+            "",
+            "/bin/bash",
+        ] {
             assert!(!is_claude_command(n), "{n:?} must not match");
         }
     }
@@ -334,7 +344,11 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = i64::from(child.id());
         let token = start_token(pid).unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
         wait_until(|| is_zombie(pid).then_some(()));
         assert!(!alive(pid, Some(&token)));
         assert!(!alive(pid, None));
@@ -349,12 +363,18 @@ mod tests {
         let f = std::fs::File::create(&path).unwrap();
         assert!(!lock_is_held(&path));
         assert_eq!(lock_holder_pid(&path), None);
-        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        assert_eq!(
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
         assert!(lock_is_held(&path));
         assert_eq!(lock_holder_pid(&path), Some(own_pid()));
         // Probing did not take it: another descriptor still cannot.
         let other = std::fs::File::open(&path).unwrap();
-        assert_ne!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        assert_ne!(
+            unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
         // A different file in the same directory is not held.
         let path2 = tmp.path().join("t.lock");
         std::fs::File::create(&path2).unwrap();
@@ -397,10 +417,14 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_lock_line("2: OFDLCK ADVISORY  WRITE -1 00:2d:77 0 EOF").map(|e| (e.pid, e.minor)),
+            parse_lock_line("2: OFDLCK ADVISORY  WRITE -1 00:2d:77 0 EOF")
+                .map(|e| (e.pid, e.minor)),
             Some((-1, 0x2d))
         );
-        assert_eq!(parse_lock_line("1: -> FLOCK  ADVISORY  WRITE 1235 08:02:131090 0 EOF"), None);
+        assert_eq!(
+            parse_lock_line("1: -> FLOCK  ADVISORY  WRITE 1235 08:02:131090 0 EOF"),
+            None
+        );
         assert_eq!(parse_lock_line("garbage"), None);
     }
 
@@ -410,7 +434,10 @@ mod tests {
         let cl = cmdline(me).unwrap();
         assert!(!cl.contains('\0'));
         assert!(!cl.is_empty());
-        assert_eq!(parent_of(me), Some(i64::from(nix::unistd::getppid().as_raw())));
+        assert_eq!(
+            parent_of(me),
+            Some(i64::from(nix::unistd::getppid().as_raw()))
+        );
         assert_eq!(parent_of(999_999_999), None);
     }
 
@@ -427,7 +454,9 @@ mod tests {
             for _ in 0..depth {
                 level = level.iter().flat_map(|&p| children_of(p)).collect();
             }
-            level.into_iter().find(|&p| cmdline(p).is_some_and(|c| c.starts_with("sleep")))
+            level
+                .into_iter()
+                .find(|&p| cmdline(p).is_some_and(|c| c.starts_with("sleep")))
         })
     }
 

@@ -82,8 +82,13 @@ mod tests {
     fn second_acquire_is_refused_until_release() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("s.lock");
-        let first = SessionLock::try_acquire(&path).unwrap().expect("first acquire");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let first = SessionLock::try_acquire(&path)
+            .unwrap()
+            .expect("first acquire");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(lock_is_held(&path));
         assert_eq!(lock_holder_pid(&path), Some(i64::from(std::process::id())));
         // flock locks belong to the open file description, so a second open in the same process
@@ -93,7 +98,9 @@ mod tests {
         first.release_and_unlink();
         assert!(!path.exists());
         assert!(!lock_is_held(&path));
-        let again = SessionLock::try_acquire(&path).unwrap().expect("acquire after release");
+        let again = SessionLock::try_acquire(&path)
+            .unwrap()
+            .expect("acquire after release");
         assert!(lock_is_held(&path));
         drop(again);
         assert!(path.exists(), "drop keeps the file");
@@ -131,7 +138,9 @@ mod tests {
         let old = SessionLock::try_acquire(&path).unwrap().unwrap();
         // Someone unlinks the path; a new daemon creates and locks a fresh file.
         std::fs::remove_file(&path).unwrap();
-        let new = SessionLock::try_acquire(&path).unwrap().expect("fresh inode is free");
+        let new = SessionLock::try_acquire(&path)
+            .unwrap()
+            .expect("fresh inode is free");
         old.release_and_unlink();
         assert!(path.exists());
         assert!(lock_is_held(&path));

@@ -34,7 +34,8 @@ impl Paths {
     pub fn from_lookup(get: impl Fn(&str) -> Option<PathBuf>) -> Paths {
         let get = |k: &str| get(k).filter(|v| !v.as_os_str().is_empty());
         let home = get("HOME").unwrap_or_else(passwd_home);
-        let config_json = get("CONFAB_CONFIG_PATH").unwrap_or_else(|| home.join(".confab/config.json"));
+        let config_json =
+            get("CONFAB_CONFIG_PATH").unwrap_or_else(|| home.join(".confab/config.json"));
         let claude_dir_override = get("CONFAB_CLAUDE_DIR");
         let log_dir = get("CONFAB_LOG_DIR").unwrap_or_else(|| home.join(".confab/logs"));
         let data_home = get("XDG_DATA_HOME")
@@ -47,6 +48,12 @@ impl Paths {
             log_dir,
             data_home,
         }
+    }
+
+    /// Paths for `home` with no overrides (tests and tools).
+    pub fn for_home(home: &Path) -> Paths {
+        let home = home.to_path_buf();
+        Self::from_lookup(move |k| (k == "HOME").then(|| home.clone()))
     }
 
     /// `~/.confab`
@@ -78,7 +85,9 @@ impl Paths {
     }
     /// `$CONFAB_CLAUDE_DIR` or `~/.claude` (where `settings.json` lives).
     pub fn claude_dir(&self) -> PathBuf {
-        self.claude_dir_override.clone().unwrap_or_else(|| self.home.join(".claude"))
+        self.claude_dir_override
+            .clone()
+            .unwrap_or_else(|| self.home.join(".claude"))
     }
     /// Root that transcripts must lie under: `$CONFAB_CLAUDE_DIR` as given, else `~/.claude/projects`.
     pub fn transcript_root(&self) -> PathBuf {
@@ -129,8 +138,13 @@ pub fn validate_session_id(id: &str) -> Result<(), String> {
             id.len()
         ));
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(format!("invalid session id {id:?}: only A-Z, a-z, 0-9, '_' and '-' are allowed"));
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "invalid session id {id:?}: only A-Z, a-z, 0-9, '_' and '-' are allowed"
+        ));
     }
     Ok(())
 }
@@ -155,7 +169,9 @@ pub fn validate_transcript_path(path: &Path, paths: &Paths) -> Result<PathBuf, S
         .file_name()
         .ok_or_else(|| format!("invalid transcript path {path:?}: no file name"))?;
     if RESERVED_TRANSCRIPT_NAMES.iter().any(|r| name == *r) {
-        return Err(format!("invalid transcript path {path:?}: the name {name:?} is reserved"));
+        return Err(format!(
+            "invalid transcript path {path:?}: the name {name:?} is reserved"
+        ));
     }
     let root = resolve_existing(&paths.transcript_root());
     let parent = path.parent().unwrap_or(Path::new("/"));
@@ -176,7 +192,11 @@ fn resolve_existing(p: &Path) -> PathBuf {
     for ancestor in p.ancestors() {
         if let Ok(real) = std::fs::canonicalize(ancestor) {
             let rest = p.strip_prefix(ancestor).unwrap_or(Path::new(""));
-            return if rest.as_os_str().is_empty() { real } else { real.join(rest) };
+            return if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            };
         }
     }
     p.to_path_buf()
@@ -188,8 +208,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<PathBuf> {
-        let map: HashMap<String, PathBuf> =
-            vars.iter().map(|(k, v)| (k.to_string(), PathBuf::from(v))).collect();
+        let map: HashMap<String, PathBuf> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -207,18 +229,43 @@ mod tests {
         assert_eq!(p.config_json, PathBuf::from("/h/.confab/config.json"));
         assert_eq!(p.claude_dir_override, None);
         assert_eq!(p.log_dir, PathBuf::from("/h/.confab/logs"));
-        let data = if cfg!(target_os = "macos") { "/h/Library/Application Support" } else { "/h/.local/share" };
+        let data = if cfg!(target_os = "macos") {
+            "/h/Library/Application Support"
+        } else {
+            "/h/.local/share"
+        };
         assert_eq!(p.data_home, PathBuf::from(data));
-        assert_eq!(p.default_archive_root(), PathBuf::from(data).join("confab-sync/archive"));
+        assert_eq!(
+            p.default_archive_root(),
+            PathBuf::from(data).join("confab-sync/archive")
+        );
         assert_eq!(p.sync_dir(), PathBuf::from("/h/.confab/sync"));
-        assert_eq!(p.state_file("abc"), PathBuf::from("/h/.confab/sync/abc.json"));
+        assert_eq!(
+            p.state_file("abc"),
+            PathBuf::from("/h/.confab/sync/abc.json")
+        );
         // C10
-        assert_eq!(p.inbox_file("abc"), PathBuf::from("/h/.confab/sync/abc.inbox.jsonl"));
-        assert_eq!(p.lock_file("abc"), PathBuf::from("/h/.confab/sync/abc.lock"));
+        assert_eq!(
+            p.inbox_file("abc"),
+            PathBuf::from("/h/.confab/sync/abc.inbox.jsonl")
+        );
+        assert_eq!(
+            p.lock_file("abc"),
+            PathBuf::from("/h/.confab/sync/abc.lock")
+        );
         assert_eq!(p.log_file("abc"), PathBuf::from("/h/.confab/logs/abc.log"));
         assert_eq!(p.transcript_root(), PathBuf::from("/h/.claude/projects"));
         assert_eq!(p.claude_dir(), PathBuf::from("/h/.claude"));
-        assert_eq!(p.tuning_file(), PathBuf::from("/h/.config/confab-sync/config.toml"));
+        assert_eq!(
+            p.tuning_file(),
+            PathBuf::from("/h/.config/confab-sync/config.toml")
+        );
+    }
+
+    #[test]
+    fn for_home_ignores_the_environment() {
+        let p = Paths::for_home(Path::new("/x"));
+        assert_eq!(p, Paths::from_lookup(lookup(&[("HOME", "/x")])));
     }
 
     #[test]
@@ -236,7 +283,10 @@ mod tests {
         assert_eq!(p.claude_dir(), PathBuf::from("/claude"));
         assert_eq!(p.log_dir, PathBuf::from("/logs"));
         assert_eq!(p.data_home, PathBuf::from("/data"));
-        assert_eq!(p.default_archive_root(), PathBuf::from("/data/confab-sync/archive"));
+        assert_eq!(
+            p.default_archive_root(),
+            PathBuf::from("/data/confab-sync/archive")
+        );
     }
 
     #[test]
@@ -257,7 +307,9 @@ mod tests {
     fn missing_home_uses_passwd() {
         let p = Paths::from_lookup(|_| None);
         assert!(p.home.is_absolute());
-        let expected = nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().map(|u| u.dir);
+        let expected = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .map(|u| u.dir);
         if let Some(dir) = expected.filter(|d| d.is_absolute()) {
             assert_eq!(p.home, dir);
         }
@@ -265,12 +317,27 @@ mod tests {
 
     #[test]
     fn session_ids() {
-        for ok in ["a", "abc-DEF_123", "4f2c1e4a-9b7d-4c3e-8f1a-2b3c4d5e6f70", &"x".repeat(128)] {
+        for ok in [
+            "a",
+            "abc-DEF_123",
+            "4f2c1e4a-9b7d-4c3e-8f1a-2b3c4d5e6f70",
+            &"x".repeat(128),
+        ] {
             assert_eq!(validate_session_id(ok), Ok(()), "{ok}");
         }
         // K7
         let long = "a".repeat(129);
-        for bad in ["", "a/b", "..", "a b", long.as_str(), "a.b", "a\nb", "é", "a\0"] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a b",
+            long.as_str(),
+            "a.b",
+            "a\nb",
+            "é",
+            "a\0",
+        ] {
             let err = validate_session_id(bad).unwrap_err();
             assert!(!err.contains('\n'), "one line: {err}");
         }
@@ -289,7 +356,10 @@ mod tests {
         assert_eq!(validate_transcript_path(&t2, &p), Ok(t2.clone()));
         // `.` components are harmless.
         let t3 = root.join("sessions/./t.jsonl");
-        assert_eq!(validate_transcript_path(&t3, &p), Ok(root.join("sessions/t.jsonl")));
+        assert_eq!(
+            validate_transcript_path(&t3, &p),
+            Ok(root.join("sessions/t.jsonl"))
+        );
     }
 
     #[test]
@@ -329,7 +399,8 @@ mod tests {
             (root.join("sessions/events.jsonl"), "reserved"),
         ];
         for (path, why) in cases {
-            let err = validate_transcript_path(&path, &p).expect_err(&format!("{path:?} must be rejected"));
+            let err = validate_transcript_path(&path, &p)
+                .expect_err(&format!("{path:?} must be rejected"));
             assert!(err.contains(why), "{path:?}: {err}");
             assert!(!err.contains('\n'));
         }
@@ -344,7 +415,13 @@ mod tests {
         std::os::unix::fs::symlink(&real, base.join("link")).unwrap();
         let p = paths_with_root(&base.join("link"));
         // Given through the link or through the real directory, the transcript is inside.
-        assert_eq!(validate_transcript_path(&base.join("link/s/t.jsonl"), &p), Ok(real.join("s/t.jsonl")));
-        assert_eq!(validate_transcript_path(&real.join("s/t.jsonl"), &p), Ok(real.join("s/t.jsonl")));
+        assert_eq!(
+            validate_transcript_path(&base.join("link/s/t.jsonl"), &p),
+            Ok(real.join("s/t.jsonl"))
+        );
+        assert_eq!(
+            validate_transcript_path(&real.join("s/t.jsonl"), &p),
+            Ok(real.join("s/t.jsonl"))
+        );
     }
 }

@@ -78,7 +78,13 @@ pub struct State {
 
 impl State {
     /// A fresh state: `pid` is ours, `started_at` now, `inbox_path` filled in.
-    pub fn new(paths: &crate::paths::Paths, id: &str, transcript: &str, cwd: &str, parent_pid: i64) -> State {
+    pub fn new(
+        paths: &crate::paths::Paths,
+        id: &str,
+        transcript: &str,
+        cwd: &str,
+        parent_pid: i64,
+    ) -> State {
         let pid = i64::from(std::process::id());
         State {
             external_id: id.to_string(),
@@ -170,7 +176,11 @@ fn tmp_path(path: &Path) -> PathBuf {
 fn write_tmp_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A leftover tmp of ours might carry a wider mode; never reuse it.
     let _ = std::fs::remove_file(tmp);
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -180,7 +190,11 @@ fn write_tmp_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Resul
 
 /// fsync a directory so that a rename or creation in it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)?.sync_all()
 }
 
@@ -228,7 +242,9 @@ pub fn remove_stale_tmp(dir: &Path) -> usize {
         let Some(stem) = name.strip_suffix(".tmp") else {
             continue;
         };
-        let writer = stem.rsplit_once('.').and_then(|(_, pid)| pid.parse::<i64>().ok());
+        let writer = stem
+            .rsplit_once('.')
+            .and_then(|(_, pid)| pid.parse::<i64>().ok());
         if writer.is_some_and(|pid| pid == me || crate::liveness::alive(pid, None)) {
             continue;
         }
@@ -272,7 +288,9 @@ mod tests {
                 last_error: None,
             },
         );
-        s.confab_sync.launch_env.insert("CONFAB_SYNC_INTERVAL_MS".into(), "2000".into());
+        s.confab_sync
+            .launch_env
+            .insert("CONFAB_SYNC_INTERVAL_MS".into(), "2000".into());
         s
     }
 
@@ -292,7 +310,10 @@ mod tests {
         // C10/C11
         assert_eq!(
             s.inbox_path,
-            tmp.path().join(".confab/sync/sess-1.inbox.jsonl").to_str().unwrap()
+            tmp.path()
+                .join(".confab/sync/sess-1.inbox.jsonl")
+                .to_str()
+                .unwrap()
         );
         let started = chrono::DateTime::parse_from_rfc3339(&s.started_at).expect("RFC 3339");
         let age = chrono::Utc::now().signed_duration_since(started);
@@ -331,8 +352,19 @@ mod tests {
         save(&path, &s).unwrap();
         assert_eq!(mode(&path), 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
-        for key in ["external_id", "transcript_path", "cwd", "pid", "inbox_path", "started_at", "confab_sync"] {
-            assert!(text.contains(&format!("\n  \"{key}\": ")), "{key} at 2-space indent in {text}");
+        for key in [
+            "external_id",
+            "transcript_path",
+            "cwd",
+            "pid",
+            "inbox_path",
+            "started_at",
+            "confab_sync",
+        ] {
+            assert!(
+                text.contains(&format!("\n  \"{key}\": ")),
+                "{key} at 2-space indent in {text}"
+            );
         }
         assert!(text.contains("\n    \"version\": 1"));
         assert!(text.contains("\"acked_offset\": 48213"));
@@ -383,7 +415,10 @@ mod tests {
     #[test]
     fn unreadable_state_is_a_one_line_error() {
         let tmp = tempfile::tempdir().unwrap();
-        for (i, text) in ["{not json", "[1]", "{\"pid\":\"a\nb\"}", ""].iter().enumerate() {
+        for (i, text) in ["{not json", "[1]", "{\"pid\":\"a\nb\"}", ""]
+            .iter()
+            .enumerate()
+        {
             let path = tmp.path().join(format!("s{i}.json"));
             std::fs::write(&path, text).unwrap();
             let err = load(&path).unwrap_err();
@@ -432,7 +467,14 @@ mod tests {
         for id in ["ccc", "aaa", "bbb"] {
             save(&p.state_file(id), &sample(&p, id)).unwrap();
         }
-        for extra in ["aaa.inbox.jsonl", "aaa.lock", "aaa.hook.lock", "ddd.json.123.tmp", "bad.id.json", "notes.txt"] {
+        for extra in [
+            "aaa.inbox.jsonl",
+            "aaa.lock",
+            "aaa.hook.lock",
+            "ddd.json.123.tmp",
+            "bad.id.json",
+            "notes.txt",
+        ] {
             std::fs::write(dir.join(extra), "{}").unwrap();
         }
         std::fs::create_dir(dir.join("eee.json")).unwrap();
@@ -471,7 +513,11 @@ mod tests {
         std::fs::create_dir(&target).unwrap();
         std::fs::write(target.join("f"), "").unwrap();
         let tmp_p = tempfile::tempdir().unwrap();
-        assert!(save(&target, &State::new(&paths_in(tmp_p.path()), "x", "/t", "/c", 0)).is_err());
+        assert!(save(
+            &target,
+            &State::new(&paths_in(tmp_p.path()), "x", "/t", "/c", 0)
+        )
+        .is_err());
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()
