@@ -13,6 +13,7 @@ const FILE: &str = "62d346b1-08c1-4949-8229-f1eb8b44cb46.jsonl";
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .user_agent("confab-sync/0.1.0 (linux; amd64)")
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
@@ -40,6 +41,8 @@ struct Req<'a> {
     content_type: Option<&'a str>,
     auth: Option<String>,
     encoding: Option<&'a str>,
+    /// Compress like the real client: sync routes, JSON of 1,024 B or more.
+    auto_zstd: bool,
 }
 
 impl<'a> Req<'a> {
@@ -51,11 +54,18 @@ impl<'a> Req<'a> {
             content_type: Some("application/json"),
             auth: Some(format!("Bearer {API_KEY}")),
             encoding: None,
+            auto_zstd: path.starts_with("/api/v1/sync/"),
         }
     }
 
     fn raw(mut self, body: Vec<u8>) -> Self {
         self.body = body;
+        self.auto_zstd = false;
+        self
+    }
+
+    fn plain(mut self) -> Self {
+        self.auto_zstd = false;
         self
     }
 
@@ -70,17 +80,22 @@ impl<'a> Req<'a> {
     }
 
     fn zstd(mut self) -> Self {
-        self.body = zstd::encode_all(&self.body[..], 3).unwrap();
+        // One frame with the content size in its header, as protocol.md §1 asks.
+        self.body = zstd::bulk::compress(&self.body, 3).unwrap();
         self.encoding = Some("zstd");
         self
     }
 
     fn encoding(mut self, v: &'a str) -> Self {
         self.encoding = Some(v);
+        self.auto_zstd = false;
         self
     }
 
-    async fn try_send(self, fake: &Fake) -> reqwest::Result<Resp> {
+    async fn try_send(mut self, fake: &Fake) -> reqwest::Result<Resp> {
+        if self.auto_zstd && self.encoding.is_none() && self.body.len() >= 1024 {
+            self = self.zstd();
+        }
         let mut rb = client()
             .request(self.method, format!("{}{}", fake.url(), self.path))
             .body(self.body);
@@ -319,7 +334,26 @@ async fn zstd_bodies_decode_streaming_and_concatenated() {
         .send(&fake)
         .await;
     assert_error(&r, 400, "Invalid request body");
-    fake.assert_no_violations();
+    // Decoded fine, but the client rule (one frame with content size) was broken once.
+    let v = fake.violations();
+    assert!(
+        v.len() == 1 && v[0].contains("not exactly one zstd frame"),
+        "{v:?}"
+    );
+    // A single streamed frame without content size is decoded too, and recorded.
+    let json = serde_json::to_vec(&chunk_body(&sid, 501, &refs[..100])).unwrap();
+    let wire = zstd::encode_all(&json[..], 3).unwrap();
+    let r = Req::post(CHUNK, &Value::Null)
+        .raw(wire)
+        .encoding("zstd")
+        .send(&fake)
+        .await;
+    assert_eq!(r.json(), json!({"last_synced_line": 600}));
+    let v = fake.violations();
+    assert!(
+        v.len() == 2 && v[1].contains("lacks the content size"),
+        "{v:?}"
+    );
 }
 
 #[tokio::test]
@@ -743,7 +777,9 @@ async fn events_are_validated_and_recorded() {
     let sid = init(&fake).await;
     let ev = |ts: &str, ty: &str| {
         json!({"session_id": sid, "event_type": ty, "timestamp": ts,
-               "payload": {"session_id": EXT, "reason": "exit"}})
+               "payload": {"session_id": EXT, "transcript_path": "/t", "cwd": "/c",
+                           "permission_mode": "default", "hook_event_name": "SessionEnd",
+                           "reason": "exit"}})
     };
     let r = Req::post(EVENT, &ev("2026-03-28T09:08:15Z", "session_end"))
         .send(&fake)
@@ -776,6 +812,12 @@ async fn events_are_validated_and_recorded() {
         .await;
     assert_eq!(fake.events().len(), 2);
     assert_eq!(fake.events()[0]["payload"]["reason"], json!("exit"));
+    fake.assert_no_violations();
+    let short = json!({"session_id": sid, "event_type": "session_end",
+                       "timestamp": "2026-03-28T09:08:15Z", "payload": {"reason": "exit"}});
+    assert_eq!(Req::post(EVENT, &short).send(&fake).await.status, 200);
+    let v = fake.violations();
+    assert!(v.len() == 1 && v[0].contains("payload lacks"), "{v:?}");
 }
 
 fn patch<'a>(path: &'a str, body: &Value) -> Req<'a> {
@@ -856,4 +898,100 @@ async fn wait_until_times_out_and_wakes_on_requests() {
         init(&fake)
     );
     assert!(ok);
+}
+
+#[tokio::test]
+async fn stop_ends_keep_alive_connections() {
+    let fake = Fake::start().await;
+    let c = client();
+    let send = || {
+        c.post(format!("{}{INIT}", fake.url()))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .body(serde_json::to_vec(&init_body()).unwrap())
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    fake.stop();
+    assert!(send().await.is_err());
+    assert_eq!(
+        fake.count(Route::Init),
+        1,
+        "nothing is processed after stop"
+    );
+}
+
+#[tokio::test]
+async fn client_rule_violations_are_recorded() {
+    let fake = Fake::start().await;
+    let mut body = init_body();
+    body.as_object_mut().unwrap().remove("metadata");
+    body.as_object_mut().unwrap().remove("provider");
+    assert_eq!(Req::post(INIT, &body).send(&fake).await.status, 200);
+    let v = fake.violations();
+    assert!(
+        v.len() == 2 && v[0].contains("without metadata") && v[1].contains("without provider"),
+        "{v:?}"
+    );
+    // A small body compressed, a big one sent plain.
+    let small = Req::post(INIT, &init_body()).zstd().send(&fake).await;
+    assert_eq!(small.status, 200);
+    let sid = small.json()["session_id"].as_str().unwrap().to_string();
+    let line = "p".repeat(2000);
+    let big = Req::post(CHUNK, &chunk_body(&sid, 1, &[&line]))
+        .plain()
+        .send(&fake)
+        .await;
+    assert_eq!(big.status, 200);
+    let v = fake.violations();
+    assert!(
+        v[2].contains("compressed (threshold") && v[3].contains("uncompressed"),
+        "{v:?}"
+    );
+    // Agent chunks carry no metadata key; transcript chunks always do.
+    let mut agent = chunk_body(&sid, 1, &["a"]);
+    agent["file_name"] = json!("agent-abc12345.jsonl");
+    agent["file_type"] = json!("agent");
+    assert_eq!(Req::post(CHUNK, &agent).send(&fake).await.status, 200);
+    assert!(fake.violations()[4].contains("agent chunk with a metadata key"));
+    // A foreign User-Agent.
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}{INIT}", fake.url()))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .body(serde_json::to_vec(&init_body()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = fake.violations();
+    assert!(v.len() == 6 && v[5].contains("User-Agent"), "{v:?}");
+}
+
+#[tokio::test]
+async fn tens_of_megabytes_flow_through() {
+    let fake = Fake::start().await;
+    let sid = init(&fake).await;
+    let lines: Vec<String> = (0..24_000)
+        .map(|i| format!("{{\"i\":{i},\"t\":\"{}\"}}", "q".repeat(1000)))
+        .collect();
+    let t = Instant::now();
+    let mut first = 1;
+    for part in lines.chunks(4000) {
+        let refs: Vec<&str> = part.iter().map(String::as_str).collect();
+        let r = chunk(&fake, &sid, first, &refs).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        first += part.len() as u64;
+    }
+    assert_eq!(fake.lines(EXT, FILE), lines);
+    assert_eq!(fake.merged_lines(EXT, FILE).len(), lines.len());
+    assert!(fake
+        .chunk_requests()
+        .iter()
+        .all(|r| r.body_elided && r.line_count() == Some(4000)));
+    fake.assert_no_violations();
+    eprintln!("24 MB through the fake in {:?}", t.elapsed());
 }

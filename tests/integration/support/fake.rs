@@ -235,6 +235,9 @@ fn sha256(s: &str) -> [u8; 32] {
 struct Shared {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Kill switches of open connections, so that stopping F also ends keep-alive connections.
+    conns: Mutex<Vec<std::sync::Weak<AtomicBool>>>,
+    stopped: AtomicBool,
 }
 
 impl Shared {
@@ -628,7 +631,7 @@ impl Connected<IncomingStream<'_, KillListener>> for ConnMeta {
     }
 }
 
-struct KillListener(TcpListener);
+struct KillListener(TcpListener, Arc<Shared>);
 
 impl Listener for KillListener {
     type Io = KillableStream;
@@ -640,6 +643,10 @@ impl Listener for KillListener {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let kill = Arc::new(AtomicBool::new(false));
+                    let mut conns = self.1.conns.lock().unwrap_or_else(|e| e.into_inner());
+                    conns.retain(|w| w.strong_count() > 0);
+                    conns.push(Arc::downgrade(&kill));
+                    drop(conns);
                     let io = KillableStream {
                         inner: stream,
                         kill: kill.clone(),
@@ -967,6 +974,52 @@ fn decode_body(bytes: &[u8], zstd: bool, limit: usize) -> Decoded {
     }
 }
 
+/// protocol.md §1: a compressed body is one zstd frame with the content size in its header.
+fn frame_issue(wire: &[u8], json_len: usize) -> Option<String> {
+    use zstd::zstd_safe;
+    if zstd_safe::find_frame_compressed_size(wire).ok() != Some(wire.len()) {
+        return Some("compressed body is not exactly one zstd frame".to_string());
+    }
+    match zstd_safe::get_frame_content_size(wire) {
+        Ok(Some(n)) if n == json_len as u64 => None,
+        Ok(Some(n)) => Some(format!(
+            "zstd frame content size {n} != {json_len} B decoded"
+        )),
+        _ => Some("zstd frame header lacks the content size".to_string()),
+    }
+}
+
+/// protocol.md §1: JSON of 1,024 B or more goes as zstd, smaller JSON goes plain.
+fn compression_issue(wire: &[u8], json_len: usize, zstd: bool) -> Option<String> {
+    match (zstd, json_len >= 1024) {
+        (true, true) => frame_issue(wire, json_len),
+        (false, false) => None,
+        (true, false) => Some(format!(
+            "{json_len} B of JSON compressed (threshold 1024 B)"
+        )),
+        (false, true) => Some(format!(
+            "{json_len} B of JSON sent uncompressed (threshold 1024 B)"
+        )),
+    }
+}
+
+fn user_agent_issue(headers: &HeaderMap) -> Option<String> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"^confab-sync/[^ ]+ \((linux|darwin|[a-z]+); [a-z0-9_]+\)$")
+            .expect("user agent regex")
+    });
+    let ua = headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match ua {
+        Some(ua) if re.is_match(&ua) => None,
+        other => Some(format!(
+            "User-Agent {other:?} does not match protocol.md §1"
+        )),
+    }
+}
+
 /// The recorded form of a body: `lines` elided when the decoded body is over `limit`.
 fn recorded_body(mut v: Value, json_size: usize, limit: Option<usize>) -> (Value, bool) {
     if limit.map_or(true, |l| json_size <= l) {
@@ -1076,18 +1129,29 @@ async fn handle(
     };
     shared.changed();
     let outcome = match bytes {
+        _ if shared.stopped.load(Ordering::SeqCst) => Outcome::dropped(),
         Err(_) => Outcome::error(400, route.invalid_body_message()),
         Ok(bytes) => {
-            // A separate task: a client that goes away does not cancel a commit.
+            // A separate task, which also completes the record: a client that goes away does
+            // not cancel a commit.
             let sh = shared.clone();
             let path = uri.path().to_string();
             let task = tokio::spawn(async move {
-                process(&sh, route, idx, conn.peer.ip(), &headers, bytes, &path).await
+                let o = process(&sh, route, idx, conn.peer.ip(), &headers, bytes, &path).await;
+                finish_record(&sh, idx, &o);
+                o
             });
-            task.await
-                .unwrap_or_else(|_| Outcome::error(500, "fake backend task panicked"))
+            return match task.await {
+                Ok(o) => respond(&conn, o),
+                Err(_) => Outcome::error(500, "fake backend task panicked").into_response(),
+            };
         }
     };
+    finish_record(&shared, idx, &outcome);
+    respond(&conn, outcome)
+}
+
+fn finish_record(shared: &Shared, idx: usize, outcome: &Outcome) {
     {
         let mut g = shared.lock();
         let r = &mut g.requests[idx];
@@ -1097,6 +1161,9 @@ async fn handle(
         r.finished = Some(Instant::now());
     }
     shared.changed();
+}
+
+fn respond(conn: &ConnMeta, outcome: Outcome) -> Response {
     if outcome.drop_conn {
         conn.kill.store(true, Ordering::SeqCst);
     }
@@ -1116,6 +1183,9 @@ async fn process(
 ) -> Outcome {
     let retry_after = {
         let mut g = sh.lock();
+        if let Some(issue) = user_agent_issue(headers) {
+            g.violation(Some(idx), issue);
+        }
         let retry_after = g.retry_after.clone();
         if !g.limits.take_ip(ip) {
             return Outcome::rate_limited(retry_after);
@@ -1167,13 +1237,26 @@ async fn process(
     };
     let limit = route.body_limit();
     let wire = bytes.len();
-    let decoded = tokio::task::spawn_blocking(move || decode_body(&bytes, zstd, limit))
-        .await
-        .unwrap_or(Decoded::Corrupt);
+    let decoded = tokio::task::spawn_blocking(move || {
+        let d = decode_body(&bytes, zstd, limit);
+        let issue = match &d {
+            Decoded::Json(j) if route.is_sync() => compression_issue(&bytes, j.len(), zstd),
+            _ => None,
+        };
+        (d, issue)
+    })
+    .await
+    .unwrap_or((Decoded::Corrupt, None));
     let json = match decoded {
-        Decoded::Json(j) => j,
-        Decoded::Corrupt => return Outcome::error(400, route.invalid_body_message()),
-        Decoded::TooLarge(n) => {
+        (Decoded::Json(j), issue) => {
+            if let Some(issue) = issue {
+                sh.lock()
+                    .violation(Some(idx), format!("compression: {issue}"));
+            }
+            j
+        }
+        (Decoded::Corrupt, _) => return Outcome::error(400, route.invalid_body_message()),
+        (Decoded::TooLarge(n), _) => {
             sh.lock().violation(
                 Some(idx),
                 format!("Z4 body over the {limit} B limit: decoded at least {n} B, {wire} B on the wire"),
@@ -1337,6 +1420,18 @@ impl Inner {
     }
 
     fn init(&mut self, idx: usize, user: &str, req: InitReq) -> Outcome {
+        if req.metadata.is_none() {
+            self.violation(
+                Some(idx),
+                "init without metadata (protocol.md §3.1: always sent)".to_string(),
+            );
+        }
+        if req.provider.is_none() {
+            self.violation(
+                Some(idx),
+                "init without provider (protocol.md §3.1: always sent)".to_string(),
+            );
+        }
         let external_id = req.external_id.unwrap_or_default();
         let transcript_path = req.transcript_path.unwrap_or_default();
         if external_id.is_empty() {
@@ -1430,6 +1525,14 @@ impl Inner {
         let ftype = req.file_type.as_deref().unwrap_or("");
         if !["transcript", "agent", "workflow_journal"].contains(&ftype) || ftype.len() > 50 {
             found.push(format!("Z12 file_type {ftype:?} is not allowed"));
+        }
+        match (ftype, req.metadata.is_some()) {
+            ("transcript", false) => found
+                .push("transcript chunk without a metadata object (protocol.md §3.2)".to_string()),
+            ("agent", true) => {
+                found.push("agent chunk with a metadata key (protocol.md §3.2)".to_string())
+            }
+            _ => {}
         }
         let fname = req.file_name.as_deref().unwrap_or("");
         if fname.contains("..")
@@ -1674,6 +1777,24 @@ impl Inner {
             self.violation(Some(idx), "Z14 NUL in event payload".to_string());
             return Outcome::error(500, "Failed to record event");
         }
+        const KEYS: [&str; 6] = [
+            "session_id",
+            "transcript_path",
+            "cwd",
+            "permission_mode",
+            "hook_event_name",
+            "reason",
+        ];
+        let missing: Vec<&str> = KEYS
+            .into_iter()
+            .filter(|k| req.payload.as_ref().and_then(|p| p.get(k)).is_none())
+            .collect();
+        if !missing.is_empty() {
+            self.violation(
+                Some(idx),
+                format!("event payload lacks {missing:?} (protocol.md §3.3)"),
+            );
+        }
         self.events.push(body);
         match self.post_fault_outcome(idx, Route::Event) {
             Some((Fault::CommitThen500 | Fault::DropAfterCommit, o)) => o,
@@ -1797,11 +1918,14 @@ impl Fake {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::new()),
             notify: Notify::new(),
+            conns: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
         });
         let (tx, rx) = oneshot::channel::<()>();
+        let shared2 = shared.clone();
         let app = router(shared.clone()).into_make_service_with_connect_info::<ConnMeta>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(KillListener(listener), app)
+            let _ = axum::serve(KillListener(listener, shared2), app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
                 })
@@ -1815,8 +1939,21 @@ impl Fake {
         }
     }
 
-    /// Stops accepting connections at once. Idempotent.
+    /// Stops accepting connections at once; a request arriving on a kept-alive connection is
+    /// dropped without a response. Idempotent.
     pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        for w in self
+            .shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if let Some(k) = w.upgrade() {
+                k.store(true, Ordering::SeqCst);
+            }
+        }
         if let Some(tx) = self
             .shutdown
             .lock()
