@@ -1,0 +1,3 @@
+//! Shared helpers for the integration test binary.
+
+pub mod fake;
