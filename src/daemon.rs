@@ -243,7 +243,7 @@ impl Daemon {
             }
         }
         sdnotify::status("syncing");
-        let mut rng = rand::thread_rng();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let mut failures = 0u32;
         let mut gone = 0u32;
         let mut deadline = None;

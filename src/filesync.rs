@@ -204,7 +204,7 @@ pub struct SyncCtx<'a> {
     /// `(leafUuid, summary)` pairs of acknowledged transcript lines, for summary linking.
     pub summaries: &'a mut Vec<(String, String)>,
     /// Called after each acknowledged chunk, to persist the checkpoint (H1).
-    pub on_ack: &'a mut dyn FnMut(&Tracked),
+    pub on_ack: &'a mut (dyn FnMut(&Tracked) + Send),
 }
 
 /// One chunk cut from the file.

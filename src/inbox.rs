@@ -592,17 +592,3 @@ mod tests {
         assert!(last_session_end(&[]).is_none());
     }
 }
-
-impl HookInput {
-    pub fn strip_nul(&mut self) {}
-    pub fn to_payload(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap()
-    }
-    pub fn six_keys_only(&self) -> HookInput {
-        self.clone()
-    }
-}
-
-pub fn last_session_end(events: &[InboxEvent]) -> Option<&InboxEvent> {
-    events.iter().rev().find(|e| e.kind == "session_end" && e.hook_input.is_some())
-}

@@ -386,7 +386,7 @@ async fn x35_failed_cycles_back_off_exponentially() {
     let d = env.start_with(env.options(), tuning);
     assert!(fake.wait_until(Duration::from_secs(5), |f| f.count(Route::Init) >= 5).await);
     d.stop_within(T).await;
-    let times: Vec<Instant> = fake.requests_to(Route::Init).iter().map(|r| r.started).collect();
+    let times: Vec<tokio::time::Instant> = fake.requests_to(Route::Init).iter().map(|r| r.started).collect();
     let gaps: Vec<u128> = times.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
     // 100, 200, 400, 800 ms: each gap about double the one before.
     for w in gaps.windows(2).take(3) {

@@ -1,2 +1,9 @@
+//! The one integration-test binary (as in ripgrep): every end-to-end test, sharing the fake
+//! backend (`support::fake`) and the fixture builders (`harness`).
+
+mod binary;
+mod better;
+mod daemon;
 mod fake_selftest;
+mod harness;
 mod support;
