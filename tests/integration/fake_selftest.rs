@@ -618,7 +618,7 @@ async fn drop_after_commit_gives_client_an_error() {
 async fn hold_delays_response_after_commit() {
     let fake = Fake::start().await;
     let sid = init(&fake).await;
-    fake.hold(Route::Chunk, Duration::from_millis(600), Times::Next(1));
+    fake.hold(Route::Chunk, Duration::from_millis(1500), Times::Next(1));
     let t = Instant::now();
     let fut = chunk(&fake, &sid, 1, &["a"]);
     let watcher = async {
@@ -632,14 +632,14 @@ async fn hold_delays_response_after_commit() {
     };
     let (r, seen) = tokio::join!(fut, watcher);
     assert_eq!(r.status, 200);
-    assert!(seen < Duration::from_millis(500), "{seen:?}");
-    assert!(t.elapsed() >= Duration::from_millis(600));
+    assert!(seen < Duration::from_millis(1200), "{seen:?}");
+    assert!(t.elapsed() >= Duration::from_millis(1500));
     // Next request is not held.
     let t = Instant::now();
     assert_eq!(chunk(&fake, &sid, 2, &["b"]).await.status, 200);
-    assert!(t.elapsed() < Duration::from_millis(500));
+    assert!(t.elapsed() < Duration::from_millis(1200));
     // Before commit: nothing stored during the hold.
-    fake.hold_before_commit(Route::Chunk, Duration::from_millis(400), Times::Next(1));
+    fake.hold_before_commit(Route::Chunk, Duration::from_millis(1000), Times::Next(1));
     let fut = chunk(&fake, &sid, 3, &["c"]);
     let watcher = async {
         assert!(
@@ -994,4 +994,34 @@ async fn tens_of_megabytes_flow_through() {
         .all(|r| r.body_elided && r.line_count() == Some(4000)));
     fake.assert_no_violations();
     eprintln!("24 MB through the fake in {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn client_timeout_during_hold_is_recorded_and_commit_survives() {
+    let fake = Fake::start().await;
+    let sid = init(&fake).await;
+    fake.hold(Route::Chunk, Duration::from_millis(800), Times::Next(1));
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let res = impatient
+        .post(format!("{}{CHUNK}", fake.url()))
+        .header("content-type", "application/json")
+        .header("user-agent", "confab-sync/0.1.0 (linux; amd64)")
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .body(serde_json::to_vec(&chunk_body(&sid, 1, &["a"])).unwrap())
+        .send()
+        .await;
+    assert!(res.unwrap_err().is_timeout());
+    let done = fake
+        .wait_until(Duration::from_secs(5), |f| f.chunk_requests()[0].done())
+        .await;
+    assert!(done);
+    let rec = fake.chunk_requests().remove(0);
+    assert!(rec.client_gone, "{rec:?}");
+    assert_eq!(rec.status, 200);
+    assert_eq!(fake.position(EXT, FILE), 1);
+    fake.assert_no_violations();
 }

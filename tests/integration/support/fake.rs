@@ -182,6 +182,8 @@ pub struct RecordedRequest {
     pub status: u16,
     pub response_body: String,
     pub dropped: bool,
+    /// The client went away (timeout, kill, reset) before F answered; processing went on.
+    pub client_gone: bool,
     pub fault: Option<Fault>,
     /// The user the key resolved to, if auth succeeded.
     pub user: Option<String>,
@@ -799,7 +801,15 @@ impl Outcome {
 
 fn fault_outcome(route: Route, fault: &Fault, retry_after: Option<String>) -> Outcome {
     match fault {
-        Fault::Status500BeforeStore => Outcome::error(500, "Failed to upload chunk"),
+        Fault::Status500BeforeStore => Outcome::error(
+            500,
+            match route {
+                Route::Init => "Failed to create session",
+                Route::Event => "Failed to record event",
+                Route::Summary => "Failed to update summary",
+                Route::Chunk | Route::Any => "Failed to upload chunk",
+            },
+        ),
         Fault::OrphanThen500 => Outcome::error(500, "Failed to update sync state"),
         Fault::CommitThen500 => Outcome::error(500, "Internal server error"),
         Fault::DropAfterCommit | Fault::CloseConnection => Outcome::dropped(),
@@ -1119,6 +1129,7 @@ async fn handle(
             status: 0,
             response_body: String::new(),
             dropped: false,
+            client_gone: false,
             fault: None,
             user: None,
             key_sha256: None,
@@ -1128,6 +1139,11 @@ async fn handle(
         idx
     };
     shared.changed();
+    let mut watch = ClientWatch {
+        shared: shared.clone(),
+        idx,
+        armed: true,
+    };
     let outcome = match bytes {
         _ if shared.stopped.load(Ordering::SeqCst) => Outcome::dropped(),
         Err(_) => Outcome::error(400, route.invalid_body_message()),
@@ -1141,14 +1157,32 @@ async fn handle(
                 finish_record(&sh, idx, &o);
                 o
             });
-            return match task.await {
-                Ok(o) => respond(&conn, o),
-                Err(_) => Outcome::error(500, "fake backend task panicked").into_response(),
-            };
+            let outcome = task
+                .await
+                .unwrap_or_else(|_| Outcome::error(500, "fake backend task panicked"));
+            watch.armed = false;
+            return respond(&conn, outcome);
         }
     };
+    watch.armed = false;
     finish_record(&shared, idx, &outcome);
     respond(&conn, outcome)
+}
+
+/// Marks the record `client_gone` if hyper drops the handler (the client disconnected) first.
+struct ClientWatch {
+    shared: Arc<Shared>,
+    idx: usize,
+    armed: bool,
+}
+
+impl Drop for ClientWatch {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.lock().requests[self.idx].client_gone = true;
+            self.shared.changed();
+        }
+    }
 }
 
 fn finish_record(shared: &Shared, idx: usize, outcome: &Outcome) {
@@ -1875,6 +1909,7 @@ async fn not_found(State(shared): State<AppState>, method: Method, uri: Uri) -> 
         status: 404,
         response_body: outcome.body.clone(),
         dropped: false,
+        client_gone: false,
         fault: None,
         user: None,
         key_sha256: None,
