@@ -285,7 +285,8 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
         let built = match build_chunk(t, ctx, &file, cursor_offset, force_placeholder) {
             Ok(Some(b)) => b,
             Ok(None) => {
-                t.idle_stat = stat_key(&file).ok();
+                // The stat from before reading: any change since then makes the next pass look again.
+                t.idle_stat = Some(stat);
                 return Outcome::Done;
             }
             Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
@@ -301,12 +302,14 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
         };
         let json = chunker::encode(&req);
         let expected = req.last_line();
+        // Fingerprint the bytes being sent now, not after the response: the file may be rewritten
+        // while the chunk is in flight, and the acknowledgement must be recorded regardless.
+        let fp = match reader::fingerprint(&file, built.end_offset, &t.counters.bytes_read) {
+            Ok(fp) => fp,
+            Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+        };
         match crate::sdnotify::keepalive(ctx.sink.chunk(&req, &json)).await {
             Ok(n) if n == expected => {
-                let fp = match reader::fingerprint(&file, built.end_offset, &t.counters.bytes_read) {
-                    Ok(fp) => fp,
-                    Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
-                };
                 t.acked = n;
                 t.counters.lines_acked.store(n, Ordering::Relaxed);
                 t.cursor = Some(Cursor { line: n, offset: built.end_offset, fp });

@@ -142,6 +142,7 @@ impl Env {
     }
 
     pub fn start_with(&self, opts: RunOptions, tuning: Tuning) -> Running {
+        init_logs();
         let daemon = Daemon::new(opts, self.paths(), tuning);
         let stop = daemon.stop_handle();
         let counters = daemon.read_counters();
@@ -216,6 +217,7 @@ pub fn write_lines(path: &Path, lines: &[String]) {
 }
 
 pub fn append(path: &Path, bytes: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap();
     f.write_all(bytes.as_bytes()).unwrap();
 }
@@ -262,4 +264,12 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Daemon logs go to the test's captured output (shown only when a test fails).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("confab_sync=debug"))
+        .with_test_writer()
+        .try_init();
 }
