@@ -6,4 +6,5 @@ mod better;
 mod daemon;
 mod fake_selftest;
 mod harness;
+mod hooks;
 mod support;
