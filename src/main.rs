@@ -53,6 +53,10 @@ enum Command {
         event: HookEvent,
     },
     /// One row per known session: state, pid, service manager, uptime, lines synced, errors.
+    ///
+    /// STATE is `running` (its daemon holds the session lock), `stopped` (no daemon holds it, but
+    /// the recorded process still runs: starting or stopping) or `stale` (its daemon is gone; the
+    /// next session start, or `--prune`, removes the files).
     Status {
         /// Print `{"sessions":[…]}` instead of a table.
         #[arg(long)]

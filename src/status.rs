@@ -217,18 +217,20 @@ pub fn render_table(rows: &[SessionRow]) -> String {
         .unwrap_or(0)
         .max("SESSION".len());
     let mut out = format!(
-        "{:<id_w$}  {:<8}  {:>8}  {:<8}  {:>8}  {:<25}  LAST ERROR\n",
+        "{:<id_w$}  {:<8}  {:>8}  {:<8}  {:>8}  {:<19}  LAST ERROR\n",
         "SESSION", "STATE", "PID", "MANAGER", "UPTIME", "LAST SYNC"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<id_w$}  {:<8}  {:>8}  {:<8}  {:>8}  {:<25}  {}\n",
+            "{:<id_w$}  {:<8}  {:>8}  {:<8}  {:>8}  {:<19}  {}\n",
             r.session_id,
             r.state.as_str(),
             r.pid.map_or("-".to_string(), |p| p.to_string()),
             r.service_manager.as_deref().unwrap_or("-"),
             r.uptime_s.map_or("-".to_string(), format_uptime),
-            r.last_sync_at.as_deref().unwrap_or("-"),
+            r.last_sync_at
+                .as_deref()
+                .map_or("-".to_string(), local_time),
             r.last_error.as_deref().map_or("-".to_string(), one_line),
         ));
         for f in &r.files {
@@ -239,6 +241,18 @@ pub fn render_table(rows: &[SessionRow]) -> String {
         }
     }
     out
+}
+
+/// An RFC 3339 time as local `YYYY-MM-DD HH:MM:SS` for the table (as given if it does not parse).
+pub fn local_time(t: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(t).map_or_else(
+        |_| t.to_string(),
+        |d| {
+            d.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        },
+    )
 }
 
 /// `3d04h`, `2h05m`, `4m07s`, `9s`.
@@ -331,11 +345,31 @@ pub fn signal_recorded_daemon(
             return Ok(None);
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "session {id}'s daemon holds its lock but recorded no pid with a start token; not signalling it"
-            ));
+            return signal_lock_holder(paths, id);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Last resort when the state names no daemon (deleted, or from another writer): the process that
+/// holds `<ID>.lock` right now, if its command line is this session's `run`. A pid cannot be
+/// reused while its process holds a lock, so this is as safe as a token check.
+fn signal_lock_holder(paths: &Paths, id: &str) -> Result<Option<i64>, String> {
+    let refuse = || {
+        format!("session {id}'s daemon holds its lock but recorded no pid with a start token; not signalling it")
+    };
+    let pid = liveness::lock_holder_pid(&paths.lock_file(id)).ok_or_else(refuse)?;
+    let ours = liveness::cmdline(pid).is_some_and(|c| {
+        c.split(' ').any(|a| a == "run") && c.split(' ').any(|a| a == service::session_id_arg(id))
+    });
+    if !ours {
+        return Err(refuse());
+    }
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM) {
+        Ok(()) => Ok(Some(pid)),
+        Err(nix::errno::Errno::ESRCH) => Ok(None),
+        Err(e) => Err(format!("cannot signal pid {pid}: {e}")),
     }
 }
 
@@ -490,6 +524,34 @@ mod tests {
         assert!(t.lines().nth(1).unwrap().starts_with("a "));
         assert!(t.contains("transcript.jsonl: 12 lines synced (ok)"));
         assert_eq!(render_table(&[]), "no sessions\n");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lock_holder_is_signalled_only_when_it_is_this_sessions_daemon() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::for_home(tmp.path());
+        state::ensure_sync_dir(&paths.sync_dir()).unwrap();
+        assert_eq!(
+            signal_recorded_daemon(&paths, "s", Duration::ZERO),
+            Ok(None)
+        );
+        // We hold the lock, but we are not `run --session-id=s`: never signalled.
+        let _held = crate::lock::SessionLock::try_acquire(&paths.lock_file("s"))
+            .unwrap()
+            .unwrap();
+        let t0 = Instant::now();
+        let err = signal_recorded_daemon(&paths, "s", Duration::from_millis(100)).unwrap_err();
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        assert!(err.contains("not signalling"), "{err}");
+    }
+
+    #[test]
+    fn table_times_are_local_seconds() {
+        let t = local_time("2025-01-01T00:09:00.123456Z");
+        assert_eq!(t.len(), 19, "{t}");
+        assert!(t.ends_with(":09:00"), "{t}");
+        assert_eq!(local_time("garbage"), "garbage");
     }
 
     #[test]
