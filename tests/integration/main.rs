@@ -1,6 +1,7 @@
 //! The one integration-test binary (as in ripgrep): every end-to-end test, sharing the fake
 //! backend (`support::fake`) and the fixture builders (`harness`).
 
+mod archive;
 mod binary;
 mod better;
 mod daemon;
