@@ -621,3 +621,77 @@ async fn x39_state_survives_until_another_pid_takes_it() {
         "a state that is no longer ours is not deleted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x15_parent_with_wrong_start_token_counts_as_dead() {
+    let (fake, env) = setup(1).await;
+    let mut sleeper = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    // A state written for this parent pid, but with another process's start token.
+    let mut st = confab_sync::state::State::new(&env.paths(), &env.id, &env.transcript.display().to_string(), "/", sleeper.id() as i64);
+    st.confab_sync.parent_start = Some("linux:not-this-boot:1".into());
+    std::fs::create_dir_all(env.state_path().parent().unwrap()).unwrap();
+    confab_sync::state::save(&env.state_path(), &st).unwrap();
+    let mut opts = env.options();
+    opts.parent_pid = Some(sleeper.id() as i64);
+    let d = env.start_with(opts, env.tuning());
+    let exit = tokio::time::timeout(Duration::from_secs(3), d.task).await.expect("exits by itself").unwrap();
+    assert_eq!(exit.code(), 0);
+    assert!(sleeper.try_wait().unwrap().is_none(), "the unrelated process is untouched");
+    sleeper.kill().unwrap();
+    let _ = sleeper.wait();
+    let _ = fake;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x20_parent_death_during_a_hung_chunk_exits_within_budget() {
+    let (fake, env) = setup(1).await;
+    let mut parent = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut tuning = env.tuning();
+    tuning.shutdown_budget = Duration::from_secs(1);
+    fake.hold(Route::Chunk, Duration::from_secs(60), Times::Always);
+    let mut opts = env.options();
+    opts.parent_pid = Some(parent.id() as i64);
+    let d = env.start_with(opts, tuning);
+    assert!(fake.wait_until(T, |f| f.count(Route::Chunk) >= 1).await);
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // Parent check every 200 ms, then a 1 s budget.
+    let exit = tokio::time::timeout(Duration::from_millis(1600), d.task).await.expect("exits in time").unwrap();
+    assert_eq!(exit.code(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x11_twenty_mib_line_placeholder_and_bounded_memory() {
+    use sha2::Digest;
+    let fake = Fake::start().await;
+    fake.set_record_body_limit(Some(64));
+    let env = Env::with_backend(&fake.url());
+    let huge = "h".repeat(20 * 1024 * 1024);
+    env.write_transcript(&[line(0), huge.clone(), line(2), line(3)]);
+    let child = env.spawn(&[]);
+    let peak = std::sync::atomic::AtomicU64::new(0);
+    let ok = fake
+        .wait_until(Duration::from_secs(30), |f| {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+                let kib = hwm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                peak.store(kib, std::sync::atomic::Ordering::Relaxed);
+            }
+            f.position(&env.id, NAME) == 4
+        })
+        .await;
+    assert!(ok);
+    let peak_kib = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("hhhhhhhhhh"), "the warning does not contain the line");
+    assert!(stderr.contains("placeholder"), "{stderr}");
+    let stored = fake.lines(&env.id, NAME);
+    let ph: Value = serde_json::from_str(&stored[1]).unwrap();
+    assert_eq!(ph["original_bytes"], 20_971_520u64);
+    assert_eq!(ph["sha256"], hex::encode(sha2::Sha256::digest(huge.as_bytes())));
+    assert_eq!(stored[2..], [line(2), line(3)]);
+    assert!(peak_kib > 0 && peak_kib < 100 * 1024, "peak RSS {peak_kib} KiB");
+    fake.assert_no_violations();
+}

@@ -494,3 +494,52 @@ async fn b13_session_end_event_sent_once_with_inbox_timestamp() {
     );
     fake.assert_no_violations();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b1_shutdown_future_returns_within_two_seconds() {
+    let (fake, env) = setup(1).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = confab_sync::daemon::Daemon::new(env.options(), env.paths(), env.tuning());
+    let task = tokio::spawn(daemon.run(async move {
+        let _ = rx.await;
+    }));
+    assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
+    tx.send(()).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    assert_eq!(exit.code(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e8_e9_e11_non_json_big_and_oversized_first_lines() {
+    let fake = Fake::start().await;
+    fake.set_record_body_limit(Some(64));
+    let env = Env::with_backend(&fake.url());
+    let mut tuning = env.tuning();
+    tuning.chunk_hard_limit = 1024 * 1024;
+    tuning.chunk_target_bytes = 1024 * 1024;
+    let oversized = "o".repeat(2 * 1024 * 1024);
+    let big = format!(r#"{{"big":"{}"}}"#, "b".repeat(500_000));
+    env.write_transcript(&[oversized, "not json at all".into(), big.clone(), String::new(), line(4)]);
+    let d = env.start_with(env.options(), tuning);
+    assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 5).await);
+    d.stop_within(T).await;
+    let stored = fake.lines(&env.id, NAME);
+    assert!(stored[0].contains("confab_oversized_line"), "a first line over the limit is a placeholder");
+    assert_eq!(stored[1], "not json at all");
+    assert_eq!(stored[2], big);
+    assert_eq!(stored[3], "");
+    fake.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e12_lines_appended_while_a_chunk_is_in_flight() {
+    let (fake, env) = setup(3).await;
+    fake.hold(Route::Chunk, Duration::from_millis(300), Times::Next(1));
+    let d = env.start();
+    assert!(fake.wait_until(T, |f| f.count(Route::Chunk) == 1).await);
+    env.append(&format!("{}\n{}\n", line(3), line(4)));
+    assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 5).await);
+    d.stop_within(T).await;
+    assert_eq!(fake.lines(&env.id, NAME), complete_lines(&env.transcript));
+    fake.assert_no_violations();
+}

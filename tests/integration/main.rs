@@ -5,6 +5,7 @@ mod archive;
 mod binary;
 mod better;
 mod daemon;
+mod engine;
 mod fake_selftest;
 mod harness;
 mod support;
