@@ -359,7 +359,10 @@ impl ChunkMetaCollector {
             }
         }
         if self.first_user.is_none() && redacted.contains("\"user\"") {
-            self.first_user = user_text_of(redacted);
+            // Text that sanitizes to nothing (only tags or whitespace) does not count as text,
+            // so a later user line can still provide the message.
+            self.first_user =
+                user_text_of(redacted).filter(|t| !sanitize(t).replace('\0', "").is_empty());
         }
     }
 
@@ -635,6 +638,10 @@ mod tests {
         assert_eq!(m.summary, "ab");
         assert_eq!(m.first_user_message, "");
         assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"summary":"ab"}"#);
+        // A user line whose text sanitizes to nothing does not hide a later one.
+        let mut more = lines.clone();
+        more.push(serde_json::json!({"type":"user","message":{"content":"real"}}).to_string());
+        assert_eq!(collect(&more, None).first_user_message, "real");
     }
 
     #[test]

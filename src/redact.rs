@@ -1172,6 +1172,17 @@ mod tests {
     const AKIA: &str = "AKIAIOSFODNN7EXAMPLE";
 
     #[test]
+    fn redactor_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Redactor>();
+        let r = defaults();
+        assert_eq!(
+            format!("{r:?}"),
+            "Redactor { value_patterns: 33, field_patterns: 1 }"
+        );
+    }
+
+    #[test]
     fn from_config_enablement_and_errors() {
         assert!(Redactor::from_config(&RedactionConfig::default())
             .unwrap()
