@@ -59,6 +59,12 @@ impl Exit {
     }
 }
 
+/// After a file change, wait this long for the writer's burst to finish before syncing.
+const WAKE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// At most one change-triggered cycle per this gap (about 3,600 requests per hour per busy session
+/// at worst; idle sessions send nothing).
+const WAKE_MIN_GAP: Duration = Duration::from_secs(1);
+
 /// Why shutdown started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
@@ -296,11 +302,17 @@ impl Daemon {
             }
         }
         sdnotify::status("syncing");
+        let subagents = crate::discovery::subagents_dir(transcript);
+        let mut watcher = crate::watch::Watcher::new(transcript);
+        if let Some(w) = watcher.as_mut() {
+            w.ensure(&subagents);
+        }
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let mut failures = 0u32;
         let mut gone = 0u32;
         let mut deadline = None;
         let reason = 'run: loop {
+            let cycle_start = Instant::now();
             let report = {
                 let cycle = engine.cycle();
                 tokio::pin!(cycle);
@@ -339,8 +351,24 @@ impl Daemon {
                 self.tuning.cycle_delay(&mut rng)
             };
             fault_hang(&self.paths, &id);
+            if let Some(w) = watcher.as_mut() {
+                w.ensure(&subagents);
+            }
+            // A file change wakes the loop early, but never during a failure backoff, and at most
+            // once per WAKE_MIN_GAP, so a busy session cannot exceed the backend's rate limit.
+            let woken = async {
+                match (&watcher, failures) {
+                    (Some(w), 0) => {
+                        w.changed().await;
+                        tokio::time::sleep(WAKE_DEBOUNCE).await;
+                        tokio::time::sleep_until(cycle_start + WAKE_MIN_GAP).await;
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = sleep_with_watchdog(delay) => {}
+                _ = woken => {}
                 r = &mut reasons => break r,
             }
         };
