@@ -38,3 +38,4 @@ pub mod sink;
 pub mod state;
 pub mod status;
 pub mod summary_link;
+pub mod watch;

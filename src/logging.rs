@@ -14,7 +14,7 @@ pub fn stderr_is_journal() -> bool {
     let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
     let Some((dev, ino)) = v.split_once(':') else { return false };
     let Ok(meta) = nix::sys::stat::fstat(2) else { return false };
-    dev.parse::<u64>().ok() == Some(meta.st_dev as u64) && ino.parse::<u64>().ok() == Some(meta.st_ino as u64)
+    dev.parse::<u64>().ok() == Some(meta.st_dev) && ino.parse::<u64>().ok() == Some(meta.st_ino)
 }
 
 /// Installs the global subscriber. `session` adds `CONFAB_SESSION=<id>` to every journal record.
