@@ -601,12 +601,13 @@ async fn d8_x24_status_json_reports_lines_per_file_and_no_key() {
             && f.position(&env.id, "agent-abc12345.jsonl") == 4)
             .await
     );
-    // The state is written after each ack; status reads it.
+    // The state is written after each ack (cursors) and at each cycle end (last sync).
     let mut v = Value::Null;
     let seen = eventually(T, || {
         let out = env.command().args(["status", "--json"]).output().unwrap();
         v = serde_json::from_slice(&out.stdout).unwrap();
         v["sessions"][0]["files"]["agent-abc12345.jsonl"]["lines_synced"] == 4
+            && v["sessions"][0]["last_sync_at"].is_string()
     })
     .await;
     assert!(seen, "{v}");
