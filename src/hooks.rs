@@ -497,6 +497,26 @@ mod tests {
     }
 
     #[test]
+    fn invalid_service_manager_starts_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut env = env_in(tmp.path());
+        env.manager = service::requested_choice(None, |_| Some("bogus".into()));
+        let t = env.paths.transcript_root().join("s/t.jsonl");
+        let input = serde_json::json!({"session_id": "s1", "transcript_path": t});
+        let notes = run(
+            HookKind::UserPromptSubmit,
+            input.to_string().as_bytes(),
+            &env,
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("unknown service manager")),
+            "{notes:?}"
+        );
+        assert!(!env.paths.state_file("s1").exists());
+        assert!(!env.paths.hook_lock_file("s1").exists());
+    }
+
+    #[test]
     fn hook_lock_waits_then_gives_up() {
         let tmp = tempfile::tempdir().unwrap();
         let env = env_in(tmp.path());

@@ -309,21 +309,12 @@ fn cmd_logs(id: &str, follow: bool) -> Result<(), String> {
     }
 }
 
-/// `journalctl _SYSTEMD_USER_UNIT=confab-sync@ID.service + CONFAB_SESSION=ID [-f]`: a field match
-/// works for root, for the user and with a volatile journal (cli.md). Replaces this process.
+/// Replaces this process with [`status::journal_argv`].
 fn exec_journalctl(id: &str, follow: bool) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("journalctl");
-    cmd.arg(format!(
-        "_SYSTEMD_USER_UNIT={}",
-        service::systemd::unit_name(id)
-    ))
-    .arg("+")
-    .arg(format!("CONFAB_SESSION={id}"));
-    if follow {
-        cmd.arg("-f");
-    }
-    Err(format!("cannot run journalctl: {}", cmd.exec()))
+    let argv = status::journal_argv(id, follow);
+    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+    Err(format!("cannot run journalctl: {err}"))
 }
 
 /// `tail -f`: prints the file, then what is appended (starting over when the file is truncated or

@@ -373,6 +373,22 @@ fn signal_lock_holder(paths: &Paths, id: &str) -> Result<Option<i64>, String> {
     }
 }
 
+/// `journalctl _SYSTEMD_USER_UNIT=confab-sync@ID.service + CONFAB_SESSION=ID [-f]`: the unit's
+/// own records or any record the daemon tagged with its session. A field match (not `--user`)
+/// works for root, for the user and with a volatile journal (cli.md).
+pub fn journal_argv(id: &str, follow: bool) -> Vec<String> {
+    let mut argv = vec![
+        "journalctl".to_string(),
+        format!("_SYSTEMD_USER_UNIT={}", service::systemd::unit_name(id)),
+        "+".to_string(),
+        format!("CONFAB_SESSION={id}"),
+    ];
+    if follow {
+        argv.push("-f".to_string());
+    }
+    argv
+}
+
 /// Waits (polling, at most `within`) until `id`'s daemon is no longer live.
 pub fn wait_until_stopped(paths: &Paths, id: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -544,6 +560,20 @@ mod tests {
         let err = signal_recorded_daemon(&paths, "s", Duration::from_millis(100)).unwrap_err();
         assert!(t0.elapsed() >= Duration::from_millis(100));
         assert!(err.contains("not signalling"), "{err}");
+    }
+
+    #[test]
+    fn journal_match() {
+        assert_eq!(
+            journal_argv("-s1", false),
+            [
+                "journalctl",
+                "_SYSTEMD_USER_UNIT=confab-sync@-s1.service",
+                "+",
+                "CONFAB_SESSION=-s1"
+            ]
+        );
+        assert_eq!(journal_argv("s", true).last().unwrap(), "-f");
     }
 
     #[test]
