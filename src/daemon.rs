@@ -212,7 +212,11 @@ impl Daemon {
             self.counters.clone(),
         );
         if self.opts.once {
-            let exit = run_once(engine).await;
+            let exit = if transcript.is_file() {
+                run_once(engine).await
+            } else {
+                Exit::Failed(format!("transcript {} does not exist", transcript.display()))
+            };
             lock.release_and_unlink();
             return exit;
         }
