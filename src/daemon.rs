@@ -124,7 +124,18 @@ impl Daemon {
     }
 
     /// Runs until shutdown. `shutdown` resolving is a signal (SIGTERM/SIGINT in the binary).
+    /// Every log line inside carries the session id, and the backend session id once known.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Exit {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "session",
+            id = %self.opts.session_id,
+            backend = tracing::field::Empty
+        );
+        self.run_inner(shutdown).instrument(span).await
+    }
+
+    async fn run_inner(self, shutdown: impl Future<Output = ()>) -> Exit {
         let id = self.opts.session_id.clone();
         if let Err(e) = paths::validate_session_id(&id) {
             return Exit::Invalid(format!("invalid session id: {e}"));
@@ -212,7 +223,11 @@ impl Daemon {
             self.counters.clone(),
         );
         if self.opts.once {
-            let exit = run_once(engine).await;
+            let exit = if transcript.is_file() {
+                run_once(engine).await
+            } else {
+                Exit::Failed(format!("transcript {} does not exist", transcript.display()))
+            };
             lock.release_and_unlink();
             return exit;
         }
