@@ -157,8 +157,11 @@ fn main() -> ExitCode {
                 .build()
                 .expect("tokio runtime");
             let exit = rt.block_on(async move {
+                // Handlers first: a SIGTERM that arrives while the daemon starts up must still
+                // mean a clean shutdown, not the default action (death without clean-up).
+                let shutdown = signals();
                 let daemon = Daemon::new(opts, paths, tuning);
-                daemon.run(signals()).await
+                daemon.run(shutdown).await
             });
             report_exit(exit)
         }
@@ -422,15 +425,18 @@ fn report_exit(exit: Exit) -> ExitCode {
     ExitCode::from(exit.code() as u8)
 }
 
-/// SIGTERM or SIGINT; SIGHUP is ignored.
-async fn signals() {
+/// Installs the handlers now and returns the future of SIGTERM or SIGINT; SIGHUP is ignored.
+fn signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let _hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    async move {
+        let _hup = hup;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
