@@ -605,9 +605,12 @@ async fn x31_h30_backend_named_missing_agent_waits_then_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x39_state_survives_until_another_pid_takes_it() {
     let (fake, env) = setup(1).await;
-    let d = env.start();
+    let mut tuning = env.tuning();
+    // Idle between cycles, so the daemon is not writing its state while the test rewrites it.
+    tuning.interval = Duration::from_secs(30);
+    let d = env.start_with(env.options(), tuning);
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
-    assert!(eventually(T, || env.state().is_some()).await);
+    assert!(eventually(T, || env.state().is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())).await);
     let mut st = env.state().unwrap();
     st["pid"] = Value::from(1);
     write_atomic(
