@@ -10,12 +10,6 @@ use crate::support::fake::{Fake, Fault, Route, Times};
 const T: Duration = Duration::from_secs(10);
 const NAME: &str = TRANSCRIPT_NAME;
 
-async fn setup(n: usize) -> (Fake, Env) {
-    let fake = Fake::start().await;
-    let env = Env::with_backend(&fake.url());
-    env.write_transcript(&lines(0..n));
-    (fake, env)
-}
 
 fn state_file_entry(env: &Env) -> Value {
     env.state().unwrap()["confab_sync"]["files"][NAME].clone()
@@ -610,7 +604,7 @@ async fn x39_state_survives_until_another_pid_takes_it() {
     tuning.interval = Duration::from_secs(30);
     let d = env.start_with(env.options(), tuning);
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
-    assert!(eventually(T, || env.state().is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())).await);
+    assert!(eventually(T, || cycle_ended(&env)).await);
     let mut st = env.state().unwrap();
     st["pid"] = Value::from(1);
     write_atomic(

@@ -11,12 +11,6 @@ use crate::support::fake::{Fake, Fault, Route, Times};
 const T: Duration = Duration::from_secs(10);
 const NAME: &str = TRANSCRIPT_NAME;
 
-async fn setup(n: usize) -> (Fake, Env) {
-    let fake = Fake::start().await;
-    let env = Env::with_backend(&fake.url());
-    env.write_transcript(&lines(0..n));
-    (fake, env)
-}
 
 fn synced(fake: &Fake, env: &Env, file: &str) -> bool {
     fake.lines(&env.id, file) == complete_lines(&env.transcript.parent().unwrap().join(file))
@@ -552,7 +546,7 @@ async fn file_change_wakes_the_loop_long_before_the_interval() {
     let d = env.start_with(env.options(), tuning);
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
     // Let the first cycle end, so only a wake-up can send what comes next.
-    assert!(eventually(T, || env.state().is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())).await);
+    assert!(eventually(T, || cycle_ended(&env)).await);
     let appended = std::time::Instant::now();
     env.append(&format!("{}\n", line(1)));
     assert!(

@@ -11,12 +11,6 @@ use crate::support::fake::{Fake, Fault, Route, Times};
 const T: Duration = Duration::from_secs(10);
 const NAME: &str = TRANSCRIPT_NAME;
 
-async fn setup(n: usize) -> (Fake, Env) {
-    let fake = Fake::start().await;
-    let env = Env::with_backend(&fake.url());
-    env.write_transcript(&lines(0..n));
-    (fake, env)
-}
 
 fn redaction_on(env: &Env, url: &str) {
     env.write_config_json(json!({"backend_url": url, "api_key": crate::support::fake::API_KEY,

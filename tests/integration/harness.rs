@@ -300,3 +300,16 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// A fake backend and an env pointing at it, with an `n`-line transcript.
+pub async fn setup(n: usize) -> (crate::support::fake::Fake, Env) {
+    let fake = crate::support::fake::Fake::start().await;
+    let env = Env::with_backend(&fake.url());
+    env.write_transcript(&lines(0..n));
+    (fake, env)
+}
+
+/// True once the daemon finished a cycle (it stamps `last_loop_at` in its state).
+pub fn cycle_ended(env: &Env) -> bool {
+    env.state().is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())
+}
