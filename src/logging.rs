@@ -11,10 +11,19 @@ use tracing_subscriber::EnvFilter;
 
 /// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM` to its dev:ino).
 pub fn stderr_is_journal() -> bool {
-    let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = v.split_once(':') else { return false };
-    let Ok(meta) = nix::sys::stat::fstat(2) else { return false };
-    dev.parse::<u64>().ok() == Some(meta.st_dev as u64) && ino.parse::<u64>().ok() == Some(meta.st_ino as u64)
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = nix::sys::stat::fstat(2) else {
+        return false;
+    };
+    // dev_t and ino_t are not u64 everywhere (macOS: i32 dev_t); the casts are for them.
+    #[allow(clippy::unnecessary_cast)]
+    let (st_dev, st_ino) = (meta.st_dev as u64, meta.st_ino as u64);
+    dev.parse::<u64>().ok() == Some(st_dev) && ino.parse::<u64>().ok() == Some(st_ino)
 }
 
 /// Installs the global subscriber. `session` adds `CONFAB_SESSION=<id>` to every journal record.
@@ -26,13 +35,24 @@ pub fn init(level: Option<&str>, session: Option<&str>) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
-            let fields: Vec<(String, String)> =
-                session.map(|s| vec![("CONFAB_SESSION".to_string(), s.to_string())]).unwrap_or_default();
-            let layer = layer.with_syslog_identifier("confab-sync".into()).with_custom_fields(fields);
-            let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+            let fields: Vec<(String, String)> = session
+                .map(|s| vec![("CONFAB_SESSION".to_string(), s.to_string())])
+                .unwrap_or_default();
+            let layer = layer
+                .with_syslog_identifier("confab-sync".into())
+                .with_custom_fields(fields);
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init();
             return;
         }
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init();
 }

@@ -7,3 +7,4 @@ mod daemon;
 mod fake_selftest;
 mod harness;
 mod support;
+mod systemd;
