@@ -29,7 +29,9 @@ pub fn json_str_len(s: &str) -> usize {
 
 /// `{"type":"confab_oversized_line","original_bytes":N,"sha256":"<hex>"}`, keys in that order.
 pub fn placeholder(original_bytes: u64, sha256: &str) -> String {
-    format!(r#"{{"type":"confab_oversized_line","original_bytes":{original_bytes},"sha256":"{sha256}"}}"#)
+    format!(
+        r#"{{"type":"confab_oversized_line","original_bytes":{original_bytes},"sha256":"{sha256}"}}"#
+    )
 }
 
 /// The largest encoded line cost that is sent as it is.
@@ -55,7 +57,12 @@ impl Budget {
     /// `base` is the size of the request with no lines; `max_lines` caps the count (halving after a
     /// size rejection, protocol.md §2).
     pub fn new(target: usize, base: usize, max_lines: usize) -> Budget {
-        Budget { target, used: base, count: 0, max_lines: max_lines.max(1) }
+        Budget {
+            target,
+            used: base,
+            count: 0,
+            max_lines: max_lines.max(1),
+        }
     }
 
     /// Whether a line costing `cost` joins the chunk. The first line always does.
@@ -96,7 +103,11 @@ mod tests {
             (0u8..=127).map(char::from).collect(),
         ];
         for s in &samples {
-            assert_eq!(json_str_len(s), serde_json::to_string(s).unwrap().len(), "{s:?}");
+            assert_eq!(
+                json_str_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
         }
     }
 

@@ -202,7 +202,7 @@ fn file_url_root(url: &str) -> Result<PathBuf, ConfigError> {
 fn http_base_url(raw: &str) -> Result<String, ConfigError> {
     let bad = |why: String| ConfigError(format!("invalid backend_url: {why}"));
     let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
-    if url.host_str().map_or(true, str::is_empty) {
+    if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host".to_string()));
     }
     if url.query().is_some() || url.fragment().is_some() {

@@ -99,7 +99,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(opts: RunOptions, paths: Paths, tuning: Tuning) -> Daemon {
-        Daemon { opts, paths, tuning, stop: CancellationToken::new(), counters: Arc::default() }
+        Daemon {
+            opts,
+            paths,
+            tuning,
+            stop: CancellationToken::new(),
+            counters: Arc::default(),
+        }
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -130,18 +136,39 @@ impl Daemon {
             }
         };
         let transcript = match self.opts.transcript.clone().or_else(|| {
-            existing.as_ref().filter(|s| !s.transcript_path.is_empty()).map(|s| PathBuf::from(&s.transcript_path))
+            existing
+                .as_ref()
+                .filter(|s| !s.transcript_path.is_empty())
+                .map(|s| PathBuf::from(&s.transcript_path))
         }) {
             Some(t) => t,
-            None => return Exit::Invalid(format!("no transcript path for session {id} (no --transcript, no state)")),
+            None => {
+                return Exit::Invalid(format!(
+                    "no transcript path for session {id} (no --transcript, no state)"
+                ))
+            }
         };
         let transcript = match paths::validate_transcript_path(&transcript, &self.paths) {
             Ok(t) => t,
             Err(e) => return Exit::Invalid(format!("invalid transcript path: {e}")),
         };
-        let cwd = self.opts.cwd.clone().or_else(|| existing.as_ref().map(|s| s.cwd.clone())).filter(|c| !c.is_empty());
-        let cwd = cwd.unwrap_or_else(|| transcript.parent().map(|p| p.display().to_string()).unwrap_or_default());
-        let parent_pid = self.opts.parent_pid.or_else(|| existing.as_ref().map(|s| s.parent_pid)).unwrap_or(0);
+        let cwd = self
+            .opts
+            .cwd
+            .clone()
+            .or_else(|| existing.as_ref().map(|s| s.cwd.clone()))
+            .filter(|c| !c.is_empty());
+        let cwd = cwd.unwrap_or_else(|| {
+            transcript
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        });
+        let parent_pid = self
+            .opts
+            .parent_pid
+            .or_else(|| existing.as_ref().map(|s| s.parent_pid))
+            .unwrap_or(0);
 
         let lock = match acquire_lock(&self.paths, &id).await {
             Ok(Some(l)) => l,
@@ -156,7 +183,11 @@ impl Daemon {
             Err(e) => return Exit::Failed(format!("cannot lock session {id}: {e}")),
         };
 
-        let session = Session { external_id: id.clone(), transcript: transcript.clone(), cwd: cwd.clone() };
+        let session = Session {
+            external_id: id.clone(),
+            transcript: transcript.clone(),
+            cwd: cwd.clone(),
+        };
         let (state, persist) = self.initial_state(existing, &session, parent_pid);
         if persist {
             if let Err(e) = state::save(&state_path, &state) {
@@ -165,7 +196,15 @@ impl Daemon {
         }
         let parent_token = state.confab_sync.parent_start.clone();
         let cancel = CancellationToken::new();
-        let engine = Engine::new(session, self.paths.clone(), self.tuning.clone(), state, persist, cancel.clone(), self.counters.clone());
+        let engine = Engine::new(
+            session,
+            self.paths.clone(),
+            self.tuning.clone(),
+            state,
+            persist,
+            cancel.clone(),
+            self.counters.clone(),
+        );
         if self.opts.once {
             let exit = run_once(engine).await;
             lock.release_and_unlink();
@@ -187,7 +226,12 @@ impl Daemon {
     }
 
     /// The launch state: ours, keeping cursors and the backend session of an earlier run.
-    fn initial_state(&self, existing: Option<State>, session: &Session, parent_pid: i64) -> (State, bool) {
+    fn initial_state(
+        &self,
+        existing: Option<State>,
+        session: &Session,
+        parent_pid: i64,
+    ) -> (State, bool) {
         if self.opts.once {
             // `--once` only updates cursors in a state that already exists (sync-engine §1.9).
             return match existing {
@@ -196,7 +240,13 @@ impl Daemon {
             };
         }
         let transcript = session.transcript.display().to_string();
-        let mut fresh = State::new(&self.paths, &session.external_id, &transcript, &session.cwd, parent_pid);
+        let mut fresh = State::new(
+            &self.paths,
+            &session.external_id,
+            &transcript,
+            &session.cwd,
+            parent_pid,
+        );
         if let Some(old) = existing {
             fresh.confab_session_id = old.confab_session_id;
             fresh.confab_sync.files = old.confab_sync.files;
@@ -229,7 +279,10 @@ impl Daemon {
         let wait_end = Instant::now() + self.tuning.transcript_wait;
         while !transcript.is_file() {
             if Instant::now() >= wait_end {
-                tracing::info!("the transcript did not appear within {:?}; exiting", self.tuning.transcript_wait);
+                tracing::info!(
+                    "the transcript did not appear within {:?}; exiting",
+                    self.tuning.transcript_wait
+                );
                 self.remove_session_files(&id, &engine.state);
                 return Exit::Clean("transcript never appeared".into());
             }
@@ -270,7 +323,10 @@ impl Daemon {
             }
             if report.session_gone {
                 gone += 1;
-                tracing::warn!("session not found on the backend ({gone}/{})", self.tuning.session_gone_cycles);
+                tracing::warn!(
+                    "session not found on the backend ({gone}/{})",
+                    self.tuning.session_gone_cycles
+                );
                 if gone >= self.tuning.session_gone_cycles {
                     break Reason::SessionGone;
                 }
@@ -291,7 +347,13 @@ impl Daemon {
         self.shutdown(engine, cancel, reason, deadline).await
     }
 
-    async fn shutdown(&self, mut engine: Engine, cancel: CancellationToken, reason: Reason, deadline: Option<Instant>) -> Exit {
+    async fn shutdown(
+        &self,
+        mut engine: Engine,
+        cancel: CancellationToken,
+        reason: Reason,
+        deadline: Option<Instant>,
+    ) -> Exit {
         let id = engine.session.external_id.clone();
         tracing::info!("{}; shutting down", reason.describe());
         cancel.cancel();
@@ -314,7 +376,10 @@ impl Daemon {
                 }
             };
             if tokio::time::timeout_at(deadline, work).await.is_err() {
-                tracing::warn!("final sync did not finish within {:?}; abandoning the rest", self.tuning.shutdown_budget);
+                tracing::warn!(
+                    "final sync did not finish within {:?}; abandoning the rest",
+                    self.tuning.shutdown_budget
+                );
             }
         }
         engine.log_pending();
@@ -327,7 +392,9 @@ impl Daemon {
         let _ = std::fs::remove_file(self.paths.inbox_file(id));
         let path = self.paths.state_file(id);
         match state::load(&path) {
-            Ok(Some(s)) if s.pid == ours.pid && s.confab_sync.pid_start == ours.confab_sync.pid_start => {
+            Ok(Some(s))
+                if s.pid == ours.pid && s.confab_sync.pid_start == ours.confab_sync.pid_start =>
+            {
                 let _ = state::delete(&path);
             }
             Ok(Some(s)) => tracing::info!("state file now belongs to pid {}; leaving it", s.pid),
@@ -337,8 +404,9 @@ impl Daemon {
 }
 
 async fn run_once(mut engine: Engine) -> Exit {
-    let progress = crate::progress::wanted()
-        .then(|| crate::progress::Progress::start(engine.counters(), engine.session.transcript.clone()));
+    let progress = crate::progress::wanted().then(|| {
+        crate::progress::Progress::start(engine.counters(), engine.session.transcript.clone())
+    });
     let report = engine.cycle().await;
     if let Some(p) = progress {
         p.finish().await;

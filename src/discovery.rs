@@ -17,7 +17,9 @@ pub fn subagents_dir(transcript: &Path) -> PathBuf {
 /// `^[A-Za-z0-9_-]{6,200}$`
 pub fn is_valid_agent_id(id: &str) -> bool {
     (6..=200).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 pub fn agent_file_name(id: &str) -> String {
@@ -97,7 +99,12 @@ mod tests {
 
     #[test]
     fn ids_validated() {
-        for ok in ["a3eaf63159a07953f", "acompact-2aaa241e456ebc94", "aprompt_suggestion-ba74af", "abcd1234"] {
+        for ok in [
+            "a3eaf63159a07953f",
+            "acompact-2aaa241e456ebc94",
+            "aprompt_suggestion-ba74af",
+            "abcd1234",
+        ] {
             assert!(is_valid_agent_id(ok), "{ok}");
             assert_eq!(agent_id_from_file_name(&agent_file_name(ok)), Some(ok));
         }
@@ -106,27 +113,48 @@ mod tests {
         }
         assert_eq!(agent_id_from_file_name("agent-../x.jsonl"), None);
         assert_eq!(agent_id_from_file_name("../../x.jsonl"), None);
-        assert_eq!(agent_id_from_file_name("subagents/workflows/r/agent-a.jsonl"), None);
+        assert_eq!(
+            agent_id_from_file_name("subagents/workflows/r/agent-a.jsonl"),
+            None
+        );
     }
 
     #[test]
     fn ids_from_both_forms_and_only_user_lines() {
         let mut ids = BTreeSet::new();
-        extract_agent_ids(r#"{"type":"user","toolUseResult":{"agentId":"abc12345"}}"#, &mut ids);
+        extract_agent_ids(
+            r#"{"type":"user","toolUseResult":{"agentId":"abc12345"}}"#,
+            &mut ids,
+        );
         extract_agent_ids(
             r#"{"type":"user","message":{"content":[{"type":"tool_result","content":{"toolUseResult":{"agentId":"def67890"}}}]}}"#,
             &mut ids,
         );
-        extract_agent_ids(r#"{"type":"assistant","toolUseResult":{"agentId":"zzz99999"}}"#, &mut ids);
-        extract_agent_ids(r#"{"type":"user","toolUseResult":{"agentId":"abc12"}}"#, &mut ids);
-        extract_agent_ids(r#"{"type":"user","toolUseResult":{"agentId":"a/b/c/d/e"}}"#, &mut ids);
+        extract_agent_ids(
+            r#"{"type":"assistant","toolUseResult":{"agentId":"zzz99999"}}"#,
+            &mut ids,
+        );
+        extract_agent_ids(
+            r#"{"type":"user","toolUseResult":{"agentId":"abc12"}}"#,
+            &mut ids,
+        );
+        extract_agent_ids(
+            r#"{"type":"user","toolUseResult":{"agentId":"a/b/c/d/e"}}"#,
+            &mut ids,
+        );
         extract_agent_ids("not json \"agentId\" \"user\"", &mut ids);
-        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec!["abc12345", "def67890"]);
+        assert_eq!(
+            ids.into_iter().collect::<Vec<_>>(),
+            vec!["abc12345", "def67890"]
+        );
     }
 
     #[test]
     fn corpus_reference_is_found() {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/4d5611e5-241a-462a-8d15-5122611a9569.jsonl");
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/corpus/4d5611e5-241a-462a-8d15-5122611a9569.jsonl"
+        );
         let text = std::fs::read_to_string(p).unwrap();
         let mut ids = BTreeSet::new();
         for line in text.lines() {
@@ -135,7 +163,10 @@ mod tests {
         assert!(ids.contains("a2898e3"), "{ids:?}");
         let dir = subagents_dir(Path::new(p));
         let scanned = scan_dir(&dir);
-        assert!(scanned.contains("a2898e3") && scanned.contains("acompact-e1f845"), "{scanned:?}");
+        assert!(
+            scanned.contains("a2898e3") && scanned.contains("acompact-e1f845"),
+            "{scanned:?}"
+        );
     }
 
     #[test]
@@ -145,9 +176,15 @@ mod tests {
         std::fs::write(d.path().join("agent-abc.jsonl"), "").unwrap();
         std::fs::write(d.path().join("other.jsonl"), "").unwrap();
         std::fs::create_dir(d.path().join("agent-dddddddd.jsonl")).unwrap();
-        std::os::unix::fs::symlink(d.path().join("agent-aaaaaaaa.jsonl"), d.path().join("agent-llllllll.jsonl"))
-            .unwrap();
-        assert_eq!(scan_dir(d.path()).into_iter().collect::<Vec<_>>(), vec!["aaaaaaaa"]);
+        std::os::unix::fs::symlink(
+            d.path().join("agent-aaaaaaaa.jsonl"),
+            d.path().join("agent-llllllll.jsonl"),
+        )
+        .unwrap();
+        assert_eq!(
+            scan_dir(d.path()).into_iter().collect::<Vec<_>>(),
+            vec!["aaaaaaaa"]
+        );
         assert!(scan_dir(&d.path().join("missing")).is_empty());
     }
 }

@@ -50,18 +50,37 @@ pub struct ReadCounters(Mutex<BTreeMap<String, Arc<FileCounters>>>);
 
 impl ReadCounters {
     pub fn counter(&self, name: &str) -> Arc<FileCounters> {
-        self.0.lock().unwrap().entry(name.to_string()).or_default().clone()
+        self.0
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
     /// Bytes read from `name` so far.
     pub fn get(&self, name: &str) -> u64 {
-        self.0.lock().unwrap().get(name).map_or(0, |c| c.bytes_read.load(Ordering::Relaxed))
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.bytes_read.load(Ordering::Relaxed))
     }
     pub fn total(&self) -> u64 {
-        self.0.lock().unwrap().values().map(|c| c.bytes_read.load(Ordering::Relaxed)).sum()
+        self.0
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.bytes_read.load(Ordering::Relaxed))
+            .sum()
     }
     /// `(file name, counters)` of every file seen, in name order.
     pub fn snapshot(&self) -> Vec<(String, Arc<FileCounters>)> {
-        self.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -182,9 +201,14 @@ impl Engine {
     }
 
     fn config_stamp(&self) -> ConfigStamp {
-        std::fs::metadata(&self.paths.config_json)
-            .ok()
-            .map(|m| (m.dev(), m.ino(), m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+        std::fs::metadata(&self.paths.config_json).ok().map(|m| {
+            (
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            )
+        })
     }
 
     /// Re-reads config.json when it changed; a change of sink drops the session (sync-engine §13).
@@ -201,7 +225,10 @@ impl Engine {
         match self.build_sink() {
             Ok((sink, redactor)) => {
                 if Some(sink.identity()) != current {
-                    tracing::info!("config.json now selects {}; re-initialising", sink.identity());
+                    tracing::info!(
+                        "config.json now selects {}; re-initialising",
+                        sink.identity()
+                    );
                     self.drop_session();
                 } else {
                     self.redactor = redactor;
@@ -215,16 +242,23 @@ impl Engine {
     }
 
     fn build_sink(&self) -> Result<(Box<dyn Sink>, Option<Redactor>), SinkError> {
-        let creds = config::read_credentials(&self.paths.config_json).map_err(|e| SinkError::Config(e.0))?;
-        let choice = config::choose_sink(creds.as_ref(), &self.paths).map_err(|e| SinkError::Config(e.0))?;
+        let creds = config::read_credentials(&self.paths.config_json)
+            .map_err(|e| SinkError::Config(e.0))?;
+        let choice =
+            config::choose_sink(creds.as_ref(), &self.paths).map_err(|e| SinkError::Config(e.0))?;
         let redactor = match &creds {
             Some(c) => Redactor::from_config(&c.redaction).map_err(|e| SinkError::Config(e.0))?,
             None => None,
         };
         let sink: Box<dyn Sink> = match choice {
             SinkChoice::Http { base_url, api_key } => Box::new(
-                HttpSink::new(&base_url, &api_key, self.tuning.http_timeout, self.cancel.clone())
-                    .map_err(|e| SinkError::Config(e.0))?,
+                HttpSink::new(
+                    &base_url,
+                    &api_key,
+                    self.tuning.http_timeout,
+                    self.cancel.clone(),
+                )
+                .map_err(|e| SinkError::Config(e.0))?,
             ),
             SinkChoice::Archive { root } => Box::new(ArchiveSink::new(root)),
         };
@@ -250,12 +284,16 @@ impl Engine {
             self.sink = Some(sink);
             self.redactor = redactor;
             let (cwd, transcript) = (self.session.cwd.clone(), self.session.transcript.clone());
-            let meta = tokio::task::spawn_blocking(move || metadata::init_metadata(&cwd, &transcript))
-                .await
-                .unwrap_or_default();
+            let meta =
+                tokio::task::spawn_blocking(move || metadata::init_metadata(&cwd, &transcript))
+                    .await
+                    .unwrap_or_default();
             self.init_meta = Some(meta);
         }
-        let sink = self.sink.as_ref().expect("sink built above or kept from the session");
+        let sink = self
+            .sink
+            .as_ref()
+            .expect("sink built above or kept from the session");
         let req = InitRequest {
             external_id: self.session.external_id.clone(),
             transcript_path: self.session.transcript.display().to_string(),
@@ -271,7 +309,9 @@ impl Engine {
                 if same {
                     for (name, e) in &entries {
                         // The state file is input too: only names that pass the init-key rule.
-                        if *name == self.transcript_name || discovery::agent_id_from_file_name(name).is_some() {
+                        if *name == self.transcript_name
+                            || discovery::agent_id_from_file_name(name).is_some()
+                        {
                             self.track_named(name, e.file_type.as_str()).restore(e);
                         }
                     }
@@ -287,7 +327,11 @@ impl Engine {
         for (key, &pos) in &resp.files {
             if *key == self.transcript_name || discovery::agent_id_from_file_name(key).is_some() {
                 named.insert(key.clone());
-                let kind = if *key == self.transcript_name { "transcript" } else { "agent" };
+                let kind = if *key == self.transcript_name {
+                    "transcript"
+                } else {
+                    "agent"
+                };
                 self.track_named(key, kind).adopt(pos);
             } else {
                 tracing::debug!(key = %key, "ignoring a file name from init that is not ours");
@@ -313,7 +357,12 @@ impl Engine {
             } else {
                 discovery::subagents_dir(&self.session.transcript).join(name)
             };
-            let t = Tracked::new(name.to_string(), file_type, path, self.counters.counter(name));
+            let t = Tracked::new(
+                name.to_string(),
+                file_type,
+                path,
+                self.counters.counter(name),
+            );
             self.files.insert(name.to_string(), t);
         }
         self.files.get_mut(name).expect("inserted above")
@@ -323,7 +372,11 @@ impl Engine {
         if !self.persist {
             return;
         }
-        self.state.confab_sync.files = self.files.values().map(|t| (t.name.clone(), t.entry())).collect();
+        self.state.confab_sync.files = self
+            .files
+            .values()
+            .map(|t| (t.name.clone(), t.entry()))
+            .collect();
         write_state(&self.state_path, &self.state);
     }
 
@@ -342,7 +395,11 @@ impl Engine {
         }
         let mut done = BTreeSet::new();
         for _ in 0..DISCOVERY_LEVELS {
-            let level: Vec<String> = self.ordered_names().into_iter().filter(|n| !done.contains(n)).collect();
+            let level: Vec<String> = self
+                .ordered_names()
+                .into_iter()
+                .filter(|n| !done.contains(n))
+                .collect();
             if level.is_empty() {
                 break;
             }
@@ -368,7 +425,12 @@ impl Engine {
     /// Transcript first, then agents by name (H14).
     fn ordered_names(&self) -> Vec<String> {
         let mut names = vec![self.transcript_name.clone()];
-        names.extend(self.files.keys().filter(|n| **n != self.transcript_name).cloned());
+        names.extend(
+            self.files
+                .keys()
+                .filter(|n| **n != self.transcript_name)
+                .cloned(),
+        );
         names
     }
 
@@ -398,9 +460,21 @@ impl Engine {
         for _ in 0..MAX_REFRESHES_PER_FILE {
             let mut summaries = Vec::new();
             let outcome = {
-                let Engine { sink, files, redactor, repos, known_ids, state, state_path, persist, tuning, session_id, .. } =
-                    self;
-                let (Some(sink), Some(session_id)) = (sink.as_deref(), session_id.as_deref()) else {
+                let Engine {
+                    sink,
+                    files,
+                    redactor,
+                    repos,
+                    known_ids,
+                    state,
+                    state_path,
+                    persist,
+                    tuning,
+                    session_id,
+                    ..
+                } = self;
+                let (Some(sink), Some(session_id)) = (sink.as_deref(), session_id.as_deref())
+                else {
                     return Err(SinkError::Config("no session".into()));
                 };
                 let t = files.get_mut(name).expect("name comes from files");
@@ -445,8 +519,10 @@ impl Engine {
             }
             let transcript = self.session.transcript.clone();
             let leaf2 = leaf.clone();
-            let Ok(Some(stem)) =
-                tokio::task::spawn_blocking(move || summary_link::find_linked_session(&transcript, &leaf2)).await
+            let Ok(Some(stem)) = tokio::task::spawn_blocking(move || {
+                summary_link::find_linked_session(&transcript, &leaf2)
+            })
+            .await
             else {
                 continue;
             };
@@ -479,7 +555,10 @@ impl Engine {
         if serde_json::to_vec(&req).map_or(0, |b| b.len()) > EVENT_BODY_LIMIT {
             req.payload = input.six_keys_only().to_payload();
         }
-        let sink = self.sink.as_ref().ok_or_else(|| SinkError::Config("no sink".into()))?;
+        let sink = self
+            .sink
+            .as_ref()
+            .ok_or_else(|| SinkError::Config("no sink".into()))?;
         crate::sdnotify::keepalive(sink.event(&req)).await
     }
 
@@ -504,7 +583,11 @@ impl Engine {
     /// One line for `STATUS=`.
     pub fn status_line(&self, report: Option<&CycleReport>) -> String {
         let lines: u64 = self.files.values().map(|t| t.acked).sum();
-        let waiting = self.files.values().filter(|t| t.status != Status::Ok).count();
+        let waiting = self
+            .files
+            .values()
+            .filter(|t| t.status != Status::Ok)
+            .count();
         let mut s = format!("{} files, {} lines synced", self.files.len(), lines);
         if waiting > 0 {
             s.push_str(&format!(", {waiting} not ok"));

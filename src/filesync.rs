@@ -91,7 +91,12 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    pub fn new(name: String, file_type: FileType, path: PathBuf, counters: std::sync::Arc<FileCounters>) -> Tracked {
+    pub fn new(
+        name: String,
+        file_type: FileType,
+        path: PathBuf,
+        counters: std::sync::Arc<FileCounters>,
+    ) -> Tracked {
         Tracked {
             name,
             file_type,
@@ -217,7 +222,12 @@ struct Built {
 
 fn stat_key(file: &File) -> std::io::Result<(u64, u64, u64, i64)> {
     let m = file.metadata()?;
-    Ok((m.dev(), m.ino(), m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+    Ok((
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+    ))
 }
 
 /// Syncs one file until nothing is left to send, or until something needs the caller.
@@ -276,7 +286,9 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
         if t.acked >= MAX_LINE_NUMBER {
             // Only park when there is something left to send.
             if has_complete_line_after(t, &file).unwrap_or(false) {
-                t.park(format!("line numbers above {MAX_LINE_NUMBER} are refused by the backend"));
+                t.park(format!(
+                    "line numbers above {MAX_LINE_NUMBER} are refused by the backend"
+                ));
             }
             return Outcome::Done;
         }
@@ -312,7 +324,11 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
             Ok(n) if n == expected => {
                 t.acked = n;
                 t.counters.lines_acked.store(n, Ordering::Relaxed);
-                t.cursor = Some(Cursor { line: n, offset: built.end_offset, fp });
+                t.cursor = Some(Cursor {
+                    line: n,
+                    offset: built.end_offset,
+                    fp,
+                });
                 t.backoff = None;
                 t.size_rejects = 0;
                 t.max_lines = usize::MAX;
@@ -379,18 +395,32 @@ fn position_at_acked(t: &mut Tracked, file: &File) -> std::io::Result<bool> {
     if line == t.acked {
         return Ok(true);
     }
-    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.counters.bytes_read)?;
+    let mut r = LineReader::new(
+        file.try_clone()?,
+        offset,
+        usize::MAX,
+        &t.counters.bytes_read,
+    )?;
     let skipped = r.skip_lines(t.acked - line)?;
     let new_offset = r.offset();
     t.pending_bytes = r.pending_bytes();
     let fp = reader::fingerprint(file, new_offset, &t.counters.bytes_read)?;
-    t.cursor = Some(Cursor { line: line + skipped, offset: new_offset, fp });
+    t.cursor = Some(Cursor {
+        line: line + skipped,
+        offset: new_offset,
+        fp,
+    });
     Ok(line + skipped == t.acked)
 }
 
 fn has_complete_line_after(t: &Tracked, file: &File) -> std::io::Result<bool> {
     let offset = t.cursor.as_ref().map_or(0, |c| c.offset);
-    let mut r = LineReader::new(file.try_clone()?, offset, usize::MAX, &t.counters.bytes_read)?;
+    let mut r = LineReader::new(
+        file.try_clone()?,
+        offset,
+        usize::MAX,
+        &t.counters.bytes_read,
+    )?;
     Ok(r.skip_lines(1)? == 1)
 }
 
@@ -404,7 +434,12 @@ fn build_chunk(
 ) -> std::io::Result<Option<Built>> {
     let hard = ctx.hard_limit;
     let max_cost = chunker::max_line_cost(hard);
-    let mut r = LineReader::new(file.try_clone()?, offset, chunker::max_raw_line(hard), &t.counters.bytes_read)?;
+    let mut r = LineReader::new(
+        file.try_clone()?,
+        offset,
+        chunker::max_raw_line(hard),
+        &t.counters.bytes_read,
+    )?;
     let first_line = t.acked + 1;
     let is_transcript = t.file_type == FileType::Transcript;
     let empty_meta = ChunkMetadata::default();
@@ -426,7 +461,11 @@ fn build_chunk(
     while let Some(line) = r.next_line()? {
         let line_no = first_line + lines.len() as u64;
         let (text, raw) = match line {
-            Line::Oversized { original_bytes, sha256, .. } => {
+            Line::Oversized {
+                original_bytes,
+                sha256,
+                ..
+            } => {
                 tracing::warn!(file = %t.name, line = line_no, bytes = original_bytes, "line too large to send; sending a placeholder");
                 (chunker::placeholder(original_bytes, &sha256), None)
             }
@@ -469,19 +508,33 @@ fn build_chunk(
         return Ok(None);
     }
     let metadata = collector.map(|c| c.finish(ctx.redactor, ctx.repos));
-    let mut built = Built { lines, end_offset, metadata, summaries };
+    let mut built = Built {
+        lines,
+        end_offset,
+        metadata,
+        summaries,
+    };
     trim_to_limit(t, ctx, &mut built, first_line, file)?;
     Ok(Some(built))
 }
 
 fn placeholder_of(text: &str) -> String {
     use sha2::Digest;
-    chunker::placeholder(text.len() as u64, &hex::encode(sha2::Sha256::digest(text.as_bytes())))
+    chunker::placeholder(
+        text.len() as u64,
+        &hex::encode(sha2::Sha256::digest(text.as_bytes())),
+    )
 }
 
 /// Drops trailing lines while the serialized body is over the target (metadata can push it
 /// over); a one-line chunk always fits under the hard limit by construction.
-fn trim_to_limit(t: &Tracked, ctx: &SyncCtx<'_>, built: &mut Built, first_line: u64, file: &File) -> std::io::Result<()> {
+fn trim_to_limit(
+    t: &Tracked,
+    ctx: &SyncCtx<'_>,
+    built: &mut Built,
+    first_line: u64,
+    file: &File,
+) -> std::io::Result<()> {
     let size = |b: &Built| {
         chunker::encode(&ChunkRequest {
             session_id: ctx.session_id,

@@ -20,15 +20,15 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 pub const SESSION_END: &str = "session_end";
 
 fn is_empty_opt(v: &Option<String>) -> bool {
-    v.as_deref().map_or(true, str::is_empty)
+    v.as_deref().is_none_or(str::is_empty)
 }
 
 fn is_zero_opt(v: &Option<i64>) -> bool {
-    v.map_or(true, |p| p == 0)
+    v.is_none_or(|p| p == 0)
 }
 
 fn is_empty_obj(v: &Option<Map<String, Value>>) -> bool {
-    v.as_ref().map_or(true, Map::is_empty)
+    v.as_ref().is_none_or(Map::is_empty)
 }
 
 /// The hook input, reduced to the known keys (§10).

@@ -33,3 +33,4 @@ pub mod service;
 pub mod sink;
 pub mod state;
 pub mod summary_link;
+pub mod watch;

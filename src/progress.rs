@@ -16,9 +16,14 @@ use crate::engine::ReadCounters;
 
 /// Whether to show progress: an interactive stderr, not under systemd or launchd.
 pub fn wanted() -> bool {
-    let managed = ["INVOCATION_ID", "NOTIFY_SOCKET", "JOURNAL_STREAM", "XPC_SERVICE_NAME"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty() && x != "0"));
+    let managed = [
+        "INVOCATION_ID",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+        "XPC_SERVICE_NAME",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty() && x != "0"));
     std::io::stderr().is_terminal() && !managed
 }
 
@@ -42,8 +47,9 @@ impl Progress {
     pub fn start(counters: Arc<ReadCounters>, transcript: PathBuf) -> Progress {
         let stop = tokio_util::sync::CancellationToken::new();
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{prefix:>32} {wide_bar} {bytes}/{total_bytes} {msg}")
-            .expect("valid template");
+        let style =
+            ProgressStyle::with_template("{prefix:>32} {wide_bar} {bytes}/{total_bytes} {msg}")
+                .expect("valid template");
         let c = counters.clone();
         let s = stop.clone();
         let task = tokio::spawn(async move {
@@ -53,12 +59,17 @@ impl Progress {
                     let bar = match bars.iter().find(|(n, _)| *n == name) {
                         Some((_, b)) => b.clone(),
                         None => {
-                            let b = multi.add(ProgressBar::new(0).with_style(style.clone()).with_prefix(name.clone()));
+                            let b = multi.add(
+                                ProgressBar::new(0)
+                                    .with_style(style.clone())
+                                    .with_prefix(name.clone()),
+                            );
                             bars.push((name.clone(), b.clone()));
                             b
                         }
                     };
-                    let size = std::fs::metadata(file_path(&transcript, &name)).map_or(0, |m| m.len());
+                    let size =
+                        std::fs::metadata(file_path(&transcript, &name)).map_or(0, |m| m.len());
                     bar.set_length(size);
                     bar.set_position(fc.bytes_read.load(Ordering::Relaxed).min(size));
                     bar.set_message(format!("{} lines", fc.lines_acked.load(Ordering::Relaxed)));
@@ -72,7 +83,12 @@ impl Progress {
                 b.finish_and_clear();
             }
         });
-        Progress { stop, task, counters, started: Instant::now() }
+        Progress {
+            stop,
+            task,
+            counters,
+            started: Instant::now(),
+        }
     }
 
     /// Clears the bars and prints the summary line.
@@ -80,8 +96,14 @@ impl Progress {
         self.stop.cancel();
         let _ = self.task.await;
         let snap = self.counters.snapshot();
-        let lines: u64 = snap.iter().map(|(_, c)| c.lines_acked.load(Ordering::Relaxed)).sum();
-        let bytes: u64 = snap.iter().map(|(_, c)| c.bytes_read.load(Ordering::Relaxed)).sum();
+        let lines: u64 = snap
+            .iter()
+            .map(|(_, c)| c.lines_acked.load(Ordering::Relaxed))
+            .sum();
+        let bytes: u64 = snap
+            .iter()
+            .map(|(_, c)| c.bytes_read.load(Ordering::Relaxed))
+            .sum();
         let secs = self.started.elapsed().as_secs_f64();
         eprintln!(
             "confab-sync: {} files, {lines} lines synced; read {:.1} MB in {secs:.1} s ({:.1} MB/s)",

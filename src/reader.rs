@@ -98,10 +98,15 @@ impl std::fmt::Display for Mismatch {
         match self {
             Mismatch::Replaced => f.write_str("file was replaced (new inode)"),
             Mismatch::Truncated { size, offset } => {
-                write!(f, "file was truncated (size {size} < synced offset {offset})")
+                write!(
+                    f,
+                    "file was truncated (size {size} < synced offset {offset})"
+                )
             }
             Mismatch::HeadChanged => f.write_str("file was rewritten (first bytes differ)"),
-            Mismatch::TailChanged => f.write_str("file was rewritten (bytes before the offset differ)"),
+            Mismatch::TailChanged => {
+                f.write_str("file was rewritten (bytes before the offset differ)")
+            }
         }
     }
 }
@@ -118,7 +123,10 @@ pub fn check_identity(
         return Ok(Err(Mismatch::Replaced));
     }
     if meta.len() < offset {
-        return Ok(Err(Mismatch::Truncated { size: meta.len(), offset }));
+        return Ok(Err(Mismatch::Truncated {
+            size: meta.len(),
+            offset,
+        }));
     }
     let now = fingerprint(file, offset, counter)?;
     if now.head_sha256 != fp.head_sha256 || now.head_len != fp.head_len {
@@ -145,7 +153,11 @@ pub enum Line {
     /// The line without its terminator (`\n`, or `\r\n`), invalid UTF-8 replaced by U+FFFD.
     Text { text: String, consumed: u64 },
     /// A line longer than the reader's `max_raw`: never buffered, only measured and hashed.
-    Oversized { original_bytes: u64, sha256: String, consumed: u64 },
+    Oversized {
+        original_bytes: u64,
+        sha256: String,
+        consumed: u64,
+    },
 }
 
 impl Line {
@@ -167,7 +179,12 @@ pub struct LineReader<'c> {
 
 impl<'c> LineReader<'c> {
     /// `max_raw`: a line with more raw bytes than this is returned as [`Line::Oversized`].
-    pub fn new(mut file: File, offset: u64, max_raw: usize, counter: &'c AtomicU64) -> io::Result<Self> {
+    pub fn new(
+        mut file: File,
+        offset: u64,
+        max_raw: usize,
+        counter: &'c AtomicU64,
+    ) -> io::Result<Self> {
         file.seek(SeekFrom::Start(offset))?;
         Ok(LineReader {
             inner: BufReader::with_capacity(BUF_SIZE, file),
@@ -254,19 +271,30 @@ impl<'c> LineReader<'c> {
             strip_terminator(&mut held);
             h.update(&held);
             let original_bytes = total - (2 - held.len() as u64);
-            return Ok(Some(Line::Oversized { original_bytes, sha256: hex::encode(h.finalize()), consumed: total }));
+            return Ok(Some(Line::Oversized {
+                original_bytes,
+                sha256: hex::encode(h.finalize()),
+                consumed: total,
+            }));
         }
         strip_terminator(&mut bytes);
         if bytes.len() > self.max_raw {
             let original_bytes = bytes.len() as u64;
             let sha256 = hex::encode(Sha256::digest(&bytes));
-            return Ok(Some(Line::Oversized { original_bytes, sha256, consumed: total }));
+            return Ok(Some(Line::Oversized {
+                original_bytes,
+                sha256,
+                consumed: total,
+            }));
         }
         let text = match String::from_utf8(bytes) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
-        Ok(Some(Line::Text { text, consumed: total }))
+        Ok(Some(Line::Text {
+            text,
+            consumed: total,
+        }))
     }
 
     /// Skips up to `n` complete lines without decoding them. Returns how many were skipped (fewer
@@ -344,7 +372,12 @@ mod tests {
         assert_eq!(texts(&lines), vec!["{\"a\":1}"]);
         assert_eq!(off, 8);
         assert_eq!(pending, 5);
-        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"2}\n").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"2}\n")
+            .unwrap();
         let (lines, off, pending) = read_all(&p, 8, 1 << 20);
         assert_eq!(texts(&lines), vec!["{\"b\":2}"]);
         assert_eq!((off, pending), (16, 0));
@@ -377,7 +410,11 @@ mod tests {
         let (lines, off, _) = read_all(&p, 0, 100_000);
         assert_eq!(lines.len(), 3);
         match &lines[1] {
-            Line::Oversized { original_bytes, sha256, consumed } => {
+            Line::Oversized {
+                original_bytes,
+                sha256,
+                consumed,
+            } => {
                 assert_eq!(*original_bytes, 300_000);
                 assert_eq!(*sha256, hex::encode(Sha256::digest(&big)));
                 assert_eq!(*consumed, 300_002);
@@ -389,7 +426,13 @@ mod tests {
         // Just above the limit but below the streaming switch still hashes the same way.
         let (_d2, p2) = file_with(&[vec![b'y'; 101], b"\n".to_vec()].concat());
         let (lines, _, _) = read_all(&p2, 0, 100);
-        assert!(matches!(&lines[0], Line::Oversized { original_bytes: 101, .. }));
+        assert!(matches!(
+            &lines[0],
+            Line::Oversized {
+                original_bytes: 101,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -415,15 +458,24 @@ mod tests {
         assert_eq!(check_identity(&f, 18, &fp, &c).unwrap(), Ok(()));
         std::fs::write(&p, b"LINE one\nline two\nmore\n").unwrap();
         let f = open_regular(&p).unwrap().unwrap();
-        assert_eq!(check_identity(&f, 18, &fp, &c).unwrap(), Err(Mismatch::HeadChanged));
+        assert_eq!(
+            check_identity(&f, 18, &fp, &c).unwrap(),
+            Err(Mismatch::HeadChanged)
+        );
         std::fs::write(&p, b"line").unwrap();
         let f = open_regular(&p).unwrap().unwrap();
-        assert!(matches!(check_identity(&f, 18, &fp, &c).unwrap(), Err(Mismatch::Truncated { .. })));
+        assert!(matches!(
+            check_identity(&f, 18, &fp, &c).unwrap(),
+            Err(Mismatch::Truncated { .. })
+        ));
         let q = d.path().join("new");
         std::fs::write(&q, b"line one\nline two\n").unwrap();
         std::fs::rename(&q, &p).unwrap();
         let f = open_regular(&p).unwrap().unwrap();
-        assert_eq!(check_identity(&f, 18, &fp, &c).unwrap(), Err(Mismatch::Replaced));
+        assert_eq!(
+            check_identity(&f, 18, &fp, &c).unwrap(),
+            Err(Mismatch::Replaced)
+        );
     }
 
     #[test]

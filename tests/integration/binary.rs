@@ -23,7 +23,12 @@ async fn wait_exit(mut child: Child, within: Duration) -> (std::process::ExitSta
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status, err);
         }
         if Instant::now() >= end {
@@ -58,8 +63,13 @@ async fn a20_sigterm_runs_final_sync_and_cleans_up() {
     let fake = Fake::start().await;
     let env = Env::with_backend(&fake.url());
     env.write_transcript(&lines(0..1));
-    let child = env.command().args(env.run_args()).env("CONFAB_SYNC_INTERVAL_MS", "10000")
-        .stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = env
+        .command()
+        .args(env.run_args())
+        .env("CONFAB_SYNC_INTERVAL_MS", "10000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
     env.append(&format!("{}\n{}\n", line(1), line(2)));
     signal(&child, Signal::SIGTERM);
@@ -77,7 +87,10 @@ async fn a21_parent_exit_stops_the_daemon() {
     let env = Env::with_backend(&fake.url());
     env.write_transcript(&lines(0..2));
     env.write_tuning_toml("parent_check_ms = 200\n");
-    let mut parent = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut parent = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     let child = env.spawn(&[&format!("--parent-pid={}", parent.id())]);
     assert!(fake.wait_until(T, |f| f.count(Route::Chunk) >= 1).await);
     parent.kill().unwrap();
@@ -106,7 +119,11 @@ async fn x1_kill_9_mid_upload_then_restart_is_exact() {
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 8).await);
     signal(&child, Signal::SIGTERM);
     let _ = wait_exit(child, T).await;
-    assert_eq!(fake.requests()[before].route, Some(Route::Init), "the restart starts with an init");
+    assert_eq!(
+        fake.requests()[before].route,
+        Some(Route::Init),
+        "the restart starts with an init"
+    );
     assert_eq!(fake.lines(&env.id, NAME), complete_lines(&env.transcript));
     assert!(!fake.statuses(Route::Chunk).contains(&400));
     fake.assert_no_violations();
@@ -120,13 +137,20 @@ async fn x16_once_while_locked_sends_nothing() {
     let daemon = env.spawn(&[]);
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 2).await);
     let before = fake.request_count();
-    let out = env.command().args(env.run_args()).arg("--once").output().unwrap();
+    let out = env
+        .command()
+        .args(env.run_args())
+        .arg("--once")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already being synced"));
     signal(&daemon, Signal::SIGTERM);
     let _ = wait_exit(daemon, T).await;
     // The daemon's own final sync may add requests; the --once run added none of its own.
-    assert!(fake.requests()[before..].iter().all(|r| r.route != Some(Route::Chunk)));
+    assert!(fake.requests()[before..]
+        .iter()
+        .all(|r| r.route != Some(Route::Chunk)));
     fake.assert_no_violations();
 }
 
@@ -150,7 +174,11 @@ async fn x48_transcript_wait_timeout_exits_zero_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_session_id_exits_78() {
     let env = Env::new();
-    let out = env.command().args(["run", "--session-id=../etc", "--once"]).output().unwrap();
+    let out = env
+        .command()
+        .args(["run", "--session-id=../etc", "--once"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
@@ -165,26 +193,55 @@ async fn once_uploads_a_real_transcript_byte_exact_to_backend_and_archive() {
     std::fs::create_dir_all(env.subagents()).unwrap();
     for a in ["a2898e3", "acompact-e1f845"] {
         std::fs::copy(
-            corpus(&format!("4d5611e5-241a-462a-8d15-5122611a9569/subagents/agent-{a}.jsonl")),
+            corpus(&format!(
+                "4d5611e5-241a-462a-8d15-5122611a9569/subagents/agent-{a}.jsonl"
+            )),
             env.agent_path(a),
         )
         .unwrap();
     }
-    let out = env.command().args(env.run_args()).arg("--once").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .command()
+        .args(env.run_args())
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fake.lines(&env.id, NAME), complete_lines(&env.transcript));
     for a in ["a2898e3", "acompact-e1f845"] {
-        assert_eq!(fake.lines(&env.id, &format!("agent-{a}.jsonl")), complete_lines(&env.agent_path(a)));
+        assert_eq!(
+            fake.lines(&env.id, &format!("agent-{a}.jsonl")),
+            complete_lines(&env.agent_path(a))
+        );
     }
     fake.assert_no_violations();
 
     // Same with no config at all: the embedded local archive.
     std::fs::remove_file(&env.config_json).unwrap();
-    let out = env.command().args(env.run_args()).arg("--once").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(env.archive_dir().join(NAME)).unwrap(), std::fs::read(&env.transcript).unwrap());
+    let out = env
+        .command()
+        .args(env.run_args())
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(env.archive_dir().join(NAME)).unwrap(),
+        std::fs::read(&env.transcript).unwrap()
+    );
     for a in ["a2898e3", "acompact-e1f845"] {
         let name = format!("agent-{a}.jsonl");
-        assert_eq!(std::fs::read(env.archive_dir().join(&name)).unwrap(), std::fs::read(env.agent_path(a)).unwrap());
+        assert_eq!(
+            std::fs::read(env.archive_dir().join(&name)).unwrap(),
+            std::fs::read(env.agent_path(a)).unwrap()
+        );
     }
 }

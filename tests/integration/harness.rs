@@ -112,19 +112,27 @@ impl Env {
     }
 
     pub fn state_path(&self) -> PathBuf {
-        self.home.join(".confab/sync").join(format!("{}.json", self.id))
+        self.home
+            .join(".confab/sync")
+            .join(format!("{}.json", self.id))
     }
 
     pub fn inbox_path(&self) -> PathBuf {
-        self.home.join(".confab/sync").join(format!("{}.inbox.jsonl", self.id))
+        self.home
+            .join(".confab/sync")
+            .join(format!("{}.inbox.jsonl", self.id))
     }
 
     pub fn state(&self) -> Option<serde_json::Value> {
-        std::fs::read(self.state_path()).ok().map(|b| serde_json::from_slice(&b).unwrap())
+        std::fs::read(self.state_path())
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     pub fn archive_dir(&self) -> PathBuf {
-        self.home.join(".local/share/confab-sync/archive").join(&self.id)
+        self.home
+            .join(".local/share/confab-sync/archive")
+            .join(&self.id)
     }
 
     pub fn options(&self) -> RunOptions {
@@ -147,7 +155,11 @@ impl Env {
         let stop = daemon.stop_handle();
         let counters = daemon.read_counters();
         let task = tokio::spawn(daemon.run(std::future::pending()));
-        Running { stop, counters, task }
+        Running {
+            stop,
+            counters,
+            task,
+        }
     }
 
     /// The real binary with this env (no service manager, the test's timers).
@@ -175,7 +187,13 @@ impl Env {
 
     /// Spawns `confab-sync run` with captured stderr.
     pub fn spawn(&self, extra: &[&str]) -> Child {
-        self.command().args(self.run_args()).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        self.command()
+            .args(self.run_args())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Writes `~/.config/confab-sync/config.toml`.
@@ -196,7 +214,10 @@ impl Running {
     /// Stops and waits (at most `within`), returning the exit.
     pub async fn stop_within(self, within: Duration) -> Exit {
         self.stop.stop();
-        tokio::time::timeout(within, self.task).await.expect("daemon stops in time").expect("daemon task")
+        tokio::time::timeout(within, self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task")
     }
 }
 
@@ -218,7 +239,11 @@ pub fn write_lines(path: &Path, lines: &[String]) {
 
 pub fn append(path: &Path, bytes: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
     f.write_all(bytes.as_bytes()).unwrap();
 }
 
@@ -235,7 +260,9 @@ pub fn lines(range: std::ops::Range<usize>) -> Vec<String> {
 
 /// A user line referencing an agent.
 pub fn agent_ref(id: &str) -> String {
-    format!(r#"{{"type":"user","message":{{"role":"user","content":"x"}},"toolUseResult":{{"agentId":"{id}"}}}}"#)
+    format!(
+        r#"{{"type":"user","message":{{"role":"user","content":"x"}},"toolUseResult":{{"agentId":"{id}"}}}}"#
+    )
 }
 
 /// The complete lines of a file as the backend should hold them (CRLF → LF).

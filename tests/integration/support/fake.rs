@@ -1032,7 +1032,7 @@ fn user_agent_issue(headers: &HeaderMap) -> Option<String> {
 
 /// The recorded form of a body: `lines` elided when the decoded body is over `limit`.
 fn recorded_body(mut v: Value, json_size: usize, limit: Option<usize>) -> (Value, bool) {
-    if limit.map_or(true, |l| json_size <= l) {
+    if limit.is_none_or(|l| json_size <= l) {
         return (v, false);
     }
     let mut elided = false;
