@@ -779,9 +779,3 @@ mod tests {
         assert!(m.summary.is_empty());
     }
 }
-
-/// sanitize → redact → strip NUL → truncate to `limit` bytes with `...`.
-pub fn process_text(text: &str, redactor: Option<&Redactor>, limit: usize) -> String {
-    let _ = (redactor, limit);
-    text.to_string()
-}

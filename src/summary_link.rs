@@ -245,9 +245,3 @@ mod tests {
         assert_eq!(summary_links("not json"), None);
     }
 }
-
-/// `(leafUuid, summary)` of a `{"type":"summary",...}` line with both non-empty.
-pub fn summary_links(line: &str) -> Option<(String, String)> {
-    let _ = line;
-    None
-}
