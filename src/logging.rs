@@ -5,6 +5,7 @@
 //! Invariant: nothing logged anywhere contains the API key or request bodies (H16); the backend
 //! module only ever logs statuses and truncated response bodies.
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +27,18 @@ pub fn stderr_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(st_dev) && ino.parse::<u64>().ok() == Some(st_ino)
 }
 
+/// syslog priorities as journald users expect them: info is 6 (tracing-journald's default maps it
+/// to 5, "notice", which `journalctl` highlights as if every progress line were noteworthy).
+fn journal_priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
 /// Installs the global subscriber. `session` adds `CONFAB_SESSION=<id>` to every journal record.
 pub fn init(level: Option<&str>, session: Option<&str>) {
     let filter = std::env::var("CONFAB_LOG")
@@ -40,6 +53,7 @@ pub fn init(level: Option<&str>, session: Option<&str>) {
                 .unwrap_or_default();
             let layer = layer
                 .with_syslog_identifier("confab-sync".into())
+                .with_priority_mappings(journal_priorities())
                 .with_custom_fields(fields);
             let _ = tracing_subscriber::registry()
                 .with(filter)

@@ -37,14 +37,19 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// The `STATUS=` sent with `STOPPING=1`.
+pub const STOPPING_STATUS: &str = "stopping: final sync";
+
 pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
-/// `STOPPING=1` plus time for the final sync (`EXTEND_TIMEOUT_USEC`).
+/// `STOPPING=1` plus time for the final sync (`EXTEND_TIMEOUT_USEC`), and a status saying so
+/// (`systemctl status` during a slow final sync otherwise shows the last cycle's line).
 pub fn stopping(extend: Duration) {
     send(&[
         NotifyState::Stopping,
+        NotifyState::Status(STOPPING_STATUS),
         NotifyState::ExtendTimeoutUsec(extend.as_micros().min(u32::MAX as u128) as u32),
     ]);
 }

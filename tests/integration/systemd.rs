@@ -29,11 +29,12 @@ use serde_json::Value;
 
 use confab_sync::inbox::{self, HookInput, InboxEvent};
 use confab_sync::paths::Paths;
+use confab_sync::sdnotify::STOPPING_STATUS;
 use confab_sync::service::systemd::{install_unit, unit_dir, unit_name};
 use confab_sync::state::{self, State};
 
 use crate::harness::{append, complete_lines, lines, write_lines, BIN};
-use crate::support::fake::{Fake, Route, API_KEY};
+use crate::support::fake::{Fake, Route, Times, API_KEY};
 
 const HARNESS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -46,6 +47,8 @@ const OUTER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Short watchdog from the drop-in; the daemon must ping at least this often.
 const WATCHDOG: Duration = Duration::from_secs(2);
 const T: Duration = Duration::from_secs(10);
+/// How long the fake holds back its answer to the session_end event at stop.
+const EVENT_HOLD: Duration = Duration::from_millis(1500);
 
 #[test]
 fn real_unit_under_a_private_user_manager() {
@@ -347,9 +350,24 @@ fn stop_syncs_and_cleans_up(w: &World, fake: &Fake) {
     let ev = InboxEvent::session_end(Some(hook));
     w.append_lines(8..9);
     inbox::append(&w.paths.inbox_file(&w.id), &ev).unwrap();
+    // The event's answer is held back: the stop must wait for it, the unit meanwhile
+    // deactivating with the daemon's STOPPING=1 status.
+    fake.hold(Route::Event, EVENT_HOLD, Times::Next(1));
     let stop = Instant::now();
-    systemctl_ok(&["stop", &w.unit]);
-    assert!(stop.elapsed() < T, "stop took {:?}", stop.elapsed());
+    let stopper = std::thread::spawn({
+        let unit = w.unit.clone();
+        move || systemctl_ok(&["stop", &unit])
+    });
+    wait_for("the daemon's stopping status", || {
+        show(&w.unit, "StatusText") == STOPPING_STATUS
+            && show(&w.unit, "ActiveState") == "deactivating"
+    });
+    stopper.join().expect("systemctl --user stop");
+    assert!(
+        stop.elapsed() >= EVENT_HOLD && stop.elapsed() < T,
+        "stop returned after {:?}, the final sync took {EVENT_HOLD:?}",
+        stop.elapsed()
+    );
     assert_eq!(is_active(&w.unit), "inactive");
     assert_eq!(
         fake.position(&w.id, &w.file_name()),
@@ -407,9 +425,13 @@ fn journal_has_the_daemons_records(w: &World) {
         assert_eq!(r["_SYSTEMD_USER_UNIT"], w.unit.as_str(), "{r}");
         assert_eq!(r["SYSLOG_IDENTIFIER"], "confab-sync", "{r}");
     }
+    // Everything the daemon wrote went through the native protocol with its session field (no
+    // stray stderr lines), under the unit's identifier.
     for r in &by_unit {
         assert_eq!(r["SYSLOG_IDENTIFIER"], "confab-sync", "{r}");
+        assert_eq!(r["CONFAB_SESSION"], w.id.as_str(), "{r}");
     }
+    assert_eq!(by_unit.len(), by_session.len());
     let pids: std::collections::BTreeSet<&str> = by_session
         .iter()
         .filter_map(|r| r["_PID"].as_str())
@@ -430,6 +452,17 @@ fn journal_has_the_daemons_records(w: &World) {
         initialised >= 2,
         "each daemon logs its init: {by_session:#?}"
     );
+    // Levels map to journal priorities: info 6, warn 4 (the injected hang).
+    let priority = |needle: &str| {
+        by_session
+            .iter()
+            .find(|r| r["MESSAGE"].as_str().is_some_and(|m| m.contains(needle)))
+            .map(|r| r["PRIORITY"].clone())
+    };
+    assert_eq!(priority("session initialised"), Some(Value::from("6")));
+    if cfg!(feature = "test-faults") {
+        assert_eq!(priority("injected fault"), Some(Value::from("4")));
+    }
     let everything = run(Command::new("journalctl").args(["--no-pager", "-o", "json"]));
     assert!(
         !everything.stdout.contains(API_KEY),
