@@ -103,10 +103,103 @@ struct World {
     id: String,
     unit: String,
     transcript: PathBuf,
+    claude: PathBuf,
+    config: PathBuf,
     paths: Paths,
 }
 
 impl World {
+    /// A session (unique id starting with `tag`) whose transcript holds `n` lines.
+    fn new(home: &Path, tag: &str, n: usize) -> World {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        // Unique, so a host journal the namespace might also see cannot answer for us.
+        let id = format!("{tag}-{nanos}");
+        let claude = home.join("claude");
+        let config = home.join("config.json");
+        let transcript = claude.join("projects/-work-p").join(format!("{id}.jsonl"));
+        write_lines(&transcript, &lines(0..n));
+        let paths = Paths::from_lookup({
+            let (home, claude, config) = (home.to_path_buf(), claude.clone(), config.clone());
+            move |k| match k {
+                "HOME" => Some(home.clone()),
+                "CONFAB_CLAUDE_DIR" => Some(claude.clone()),
+                "CONFAB_CONFIG_PATH" => Some(config.clone()),
+                _ => None,
+            }
+        });
+        World {
+            home: home.to_path_buf(),
+            unit: unit_name(&id),
+            id,
+            transcript,
+            claude,
+            config,
+            paths,
+        }
+    }
+
+    /// What a hook passes on to the daemon (and what our hook invocations get).
+    fn launch_env(&self) -> Vec<(String, String)> {
+        [
+            ("CONFAB_CONFIG_PATH", self.config.display().to_string()),
+            ("CONFAB_CLAUDE_DIR", self.claude.display().to_string()),
+            ("CONFAB_SYNC_INTERVAL_MS", "100".to_string()),
+            ("CONFAB_SYNC_JITTER_MS", "0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The state file as `hook session-start` writes it before starting the unit.
+    fn write_launch_state(&self) {
+        state::ensure_sync_dir(&self.paths.sync_dir()).unwrap();
+        let transcript = self.transcript.display().to_string();
+        let cwd = self.home.display().to_string();
+        let mut st = State::new(&self.paths, &self.id, &transcript, &cwd, 0);
+        st.pid = 0; // no daemon yet
+        st.confab_sync.pid_start = None;
+        st.confab_sync.launch_env = self.launch_env().into_iter().collect();
+        state::save(&self.paths.state_file(&self.id), &st).unwrap();
+    }
+
+    /// The hook input Claude Code would send.
+    fn hook_input(&self, event: &str, reason: &str) -> HookInput {
+        HookInput {
+            session_id: self.id.clone(),
+            transcript_path: self.transcript.display().to_string(),
+            cwd: self.home.display().to_string(),
+            permission_mode: "default".into(),
+            hook_event_name: event.into(),
+            reason: reason.into(),
+            ..HookInput::default()
+        }
+    }
+
+    /// The session's own files (state, inbox, lock) that exist.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        [
+            self.paths.state_file(&self.id),
+            self.paths.inbox_file(&self.id),
+            self.paths.lock_file(&self.id),
+        ]
+        .into_iter()
+        .filter(|f| f.exists())
+        .collect()
+    }
+
+    /// Events the backend received for this session.
+    fn events(&self, fake: &Fake) -> Vec<Value> {
+        let sid = fake.session_id(&self.id);
+        fake.events()
+            .into_iter()
+            .filter(|e| e["session_id"].as_str() == sid.as_deref())
+            .collect()
+    }
+
     fn file_name(&self) -> String {
         self.transcript
             .file_name()
@@ -160,7 +253,9 @@ fn inside(home: &Path) {
         .unwrap();
     let _rt = rt.enter();
     let fake = rt.block_on(Fake::start());
-    let w = setup(home, &fake);
+    install(home, &fake);
+    let w = World::new(home, "sdtest", 3);
+    w.write_launch_state();
     verify_unit(&w);
     let pid = start_and_sync(&w, &fake);
     watchdog_restarts_a_hung_loop(&w, &fake, pid);
@@ -168,25 +263,11 @@ fn inside(home: &Path) {
     journal_has_the_daemons_records(&w);
 }
 
-/// Unit + drop-in, config.json for the fake, a transcript with 3 lines and the state file a hook
-/// would write (its `launch_env` is the daemon's environment under the manager).
-fn setup(home: &Path, fake: &Fake) -> World {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    // Unique, so a host journal the namespace might also see cannot answer for us.
-    let id = format!("sdtest-{nanos}");
-    let claude = home.join("claude");
-    let config = home.join("config.json");
-    let transcript = claude.join("projects/-work-p").join(format!("{id}.jsonl"));
-    std::fs::write(
-        &config,
-        serde_json::json!({"backend_url": fake.url(), "api_key": API_KEY}).to_string(),
-    )
-    .unwrap();
-    write_lines(&transcript, &lines(0..3));
-
+/// config.json for the fake; the unit template (the real binary) with a drop-in that shortens
+/// the watchdog, loaded by the manager.
+fn install(home: &Path, fake: &Fake) {
+    let config = serde_json::json!({"backend_url": fake.url(), "api_key": API_KEY});
+    std::fs::write(home.join("config.json"), config.to_string()).unwrap();
     install_unit(home, Path::new(BIN)).unwrap();
     let dropin = unit_dir(home).join("confab-sync@.service.d");
     std::fs::create_dir_all(&dropin).unwrap();
@@ -197,42 +278,6 @@ fn setup(home: &Path, fake: &Fake) -> World {
     );
     std::fs::write(dropin.join("wd.conf"), wd).unwrap();
     systemctl_ok(&["daemon-reload"]);
-
-    let paths = Paths::from_lookup({
-        let (home, claude, config) = (home.to_path_buf(), claude.clone(), config.clone());
-        move |k| match k {
-            "HOME" => Some(home.clone()),
-            "CONFAB_CLAUDE_DIR" => Some(claude.clone()),
-            "CONFAB_CONFIG_PATH" => Some(config.clone()),
-            _ => None,
-        }
-    });
-    state::ensure_sync_dir(&paths.sync_dir()).unwrap();
-    let mut st = State::new(
-        &paths,
-        &id,
-        &transcript.display().to_string(),
-        &home.display().to_string(),
-        0,
-    );
-    st.pid = 0; // written by a hook: no daemon yet
-    st.confab_sync.launch_env = [
-        ("CONFAB_CONFIG_PATH", config.display().to_string()),
-        ("CONFAB_CLAUDE_DIR", claude.display().to_string()),
-        ("CONFAB_SYNC_INTERVAL_MS", "100".to_string()),
-        ("CONFAB_SYNC_JITTER_MS", "0".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    state::save(&paths.state_file(&id), &st).unwrap();
-    World {
-        home: home.to_path_buf(),
-        unit: unit_name(&id),
-        id,
-        transcript,
-        paths,
-    }
 }
 
 /// (e) The installed unit with its drop-in, instantiated for this session, passes verify.
@@ -338,16 +383,7 @@ fn hang_the_loop(w: &World) {
 /// (c) Stop: a line appended just before and a session_end in the inbox both arrive, once; the
 /// unit is inactive (and collected) and the session's files are gone.
 fn stop_syncs_and_cleans_up(w: &World, fake: &Fake) {
-    let hook = HookInput {
-        session_id: w.id.clone(),
-        transcript_path: w.transcript.display().to_string(),
-        cwd: w.home.display().to_string(),
-        permission_mode: "default".into(),
-        hook_event_name: "SessionEnd".into(),
-        reason: "exit".into(),
-        ..HookInput::default()
-    };
-    let ev = InboxEvent::session_end(Some(hook));
+    let ev = InboxEvent::session_end(Some(w.hook_input("SessionEnd", "exit")));
     w.append_lines(8..9);
     inbox::append(&w.paths.inbox_file(&w.id), &ev).unwrap();
     // The event's answer is held back: the stop must wait for it, the unit meanwhile
@@ -375,18 +411,13 @@ fn stop_syncs_and_cleans_up(w: &World, fake: &Fake) {
         "the final sync sent the last line"
     );
     w.assert_exactly_once(fake);
-    let events = fake.events();
+    let events = w.events(fake);
     assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(fake.events().len(), 1, "{:?}", fake.events());
     assert_eq!(events[0]["event_type"], "session_end");
     assert_eq!(events[0]["timestamp"], ev.timestamp.as_str());
     assert_eq!(events[0]["payload"]["session_id"], w.id.as_str());
-    for f in [
-        w.paths.state_file(&w.id),
-        w.paths.inbox_file(&w.id),
-        w.paths.lock_file(&w.id),
-    ] {
-        assert!(!f.exists(), "{} survived the stop", f.display());
-    }
+    assert_eq!(w.leftovers(), Vec::<PathBuf>::new(), "survived the stop");
     // A clean exit: after the manager's "Stopping" record, no failure (UNIT_RESULT=, EXIT_CODE=)
     // and a stop job that completed.
     wait_for("the manager's record of a clean stop", || {
