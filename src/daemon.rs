@@ -59,6 +59,12 @@ impl Exit {
     }
 }
 
+/// After a file change, wait this long for the writer's burst to finish before syncing.
+const WAKE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// At most one change-triggered cycle per this gap (about 3,600 requests per hour per busy session
+/// at worst; idle sessions send nothing).
+const WAKE_MIN_GAP: Duration = Duration::from_secs(1);
+
 /// Why shutdown started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
@@ -118,7 +124,18 @@ impl Daemon {
     }
 
     /// Runs until shutdown. `shutdown` resolving is a signal (SIGTERM/SIGINT in the binary).
+    /// Every log line inside carries the session id, and the backend session id once known.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Exit {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "session",
+            id = %self.opts.session_id,
+            backend = tracing::field::Empty
+        );
+        self.run_inner(shutdown).instrument(span).await
+    }
+
+    async fn run_inner(self, shutdown: impl Future<Output = ()>) -> Exit {
         let id = self.opts.session_id.clone();
         if let Err(e) = paths::validate_session_id(&id) {
             return Exit::Invalid(format!("invalid session id: {e}"));
@@ -206,7 +223,11 @@ impl Daemon {
             self.counters.clone(),
         );
         if self.opts.once {
-            let exit = run_once(engine).await;
+            let exit = if transcript.is_file() {
+                run_once(engine).await
+            } else {
+                Exit::Failed(format!("transcript {} does not exist", transcript.display()))
+            };
             lock.release_and_unlink();
             return exit;
         }
@@ -296,11 +317,17 @@ impl Daemon {
             }
         }
         sdnotify::status("syncing");
+        let subagents = crate::discovery::subagents_dir(transcript);
+        let mut watcher = crate::watch::Watcher::new(transcript);
+        if let Some(w) = watcher.as_mut() {
+            w.ensure(&subagents);
+        }
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let mut failures = 0u32;
         let mut gone = 0u32;
         let mut deadline = None;
         let reason = 'run: loop {
+            let cycle_start = Instant::now();
             let report = {
                 let cycle = engine.cycle();
                 tokio::pin!(cycle);
@@ -339,8 +366,24 @@ impl Daemon {
                 self.tuning.cycle_delay(&mut rng)
             };
             fault_hang(&self.paths, &id);
+            if let Some(w) = watcher.as_mut() {
+                w.ensure(&subagents);
+            }
+            // A file change wakes the loop early, but never during a failure backoff, and at most
+            // once per WAKE_MIN_GAP, so a busy session cannot exceed the backend's rate limit.
+            let woken = async {
+                match (&watcher, failures) {
+                    (Some(w), 0) => {
+                        w.changed().await;
+                        tokio::time::sleep(WAKE_DEBOUNCE).await;
+                        tokio::time::sleep_until(cycle_start + WAKE_MIN_GAP).await;
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = sleep_with_watchdog(delay) => {}
+                _ = woken => {}
                 r = &mut reasons => break r,
             }
         };

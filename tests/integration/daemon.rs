@@ -543,3 +543,26 @@ async fn e12_lines_appended_while_a_chunk_is_in_flight() {
     assert_eq!(fake.lines(&env.id, NAME), complete_lines(&env.transcript));
     fake.assert_no_violations();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_change_wakes_the_loop_long_before_the_interval() {
+    let (fake, env) = setup(1).await;
+    let mut tuning = env.tuning();
+    tuning.interval = Duration::from_secs(60);
+    let d = env.start_with(env.options(), tuning);
+    assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
+    // Let the first cycle end, so only a wake-up can send what comes next.
+    assert!(eventually(T, || env.state().is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())).await);
+    let appended = std::time::Instant::now();
+    env.append(&format!("{}\n", line(1)));
+    assert!(
+        fake.wait_until(Duration::from_secs(3), |f| f.position(&env.id, NAME) == 2).await,
+        "an appended line is sent on the file-change wake-up, not after the 60 s interval"
+    );
+    assert!(appended.elapsed() >= Duration::from_millis(100), "sent after the debounce, by a wake-up");
+    // An agent file created later wakes it too.
+    env.write_agent("wakeup01", &lines(0..1));
+    assert!(fake.wait_until(Duration::from_secs(3), |f| f.position(&env.id, "agent-wakeup01.jsonl") == 1).await);
+    d.stop_within(T).await;
+    fake.assert_no_violations();
+}

@@ -296,7 +296,7 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 /// Daemon logs go to the test's captured output (shown only when a test fails).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("confab_sync=debug"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("TEST_LOG").unwrap_or_else(|_| "confab_sync=debug".into())))
         .with_test_writer()
         .try_init();
 }
