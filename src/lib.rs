@@ -9,6 +9,8 @@
 //! - [`sink`], [`backend`], [`archive`]: where lines go.
 //! - [`filesync`]: one file's position and chunk loop; [`engine`]: one sync cycle over a session;
 //!   [`daemon`]: the `run` lifecycle; [`sdnotify`]: systemd readiness, status and watchdog.
+//! - [`hooks`], [`reaper`], [`status`]: the Claude Code hooks, stale-file clean-up, and session
+//!   status and control (`status`, `stop`).
 
 pub mod archive;
 pub mod backend;
@@ -18,6 +20,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod engine;
 pub mod filesync;
+pub mod hooks;
 pub mod inbox;
 pub mod install;
 pub mod liveness;
@@ -26,11 +29,13 @@ pub mod logging;
 pub mod metadata;
 pub mod paths;
 pub mod progress;
+pub mod reaper;
 pub mod reader;
 pub mod redact;
 pub mod sdnotify;
 pub mod service;
 pub mod sink;
 pub mod state;
+pub mod status;
 pub mod summary_link;
 pub mod watch;

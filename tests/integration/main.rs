@@ -8,5 +8,6 @@ mod daemon;
 mod engine;
 mod fake_selftest;
 mod harness;
+mod hooks;
 mod support;
 mod systemd;
