@@ -230,10 +230,18 @@ impl World {
             want,
             "backend copy differs from the transcript"
         );
+        let sid = fake.session_id(&self.id);
         let accepted: usize = fake
             .requests_to(Route::Chunk)
             .iter()
-            .filter(|r| r.status == 200)
+            .filter(|r| r.status == 200 && r.file_name() == Some(&self.file_name()))
+            .filter(|r| {
+                r.body
+                    .as_ref()
+                    .map(|b| &b["session_id"])
+                    .and_then(Value::as_str)
+                    == sid.as_deref()
+            })
             .map(|r| r.line_count().unwrap_or(0))
             .sum();
         assert_eq!(
@@ -261,6 +269,8 @@ fn inside(home: &Path) {
     watchdog_restarts_a_hung_loop(&w, &fake, pid);
     stop_syncs_and_cleans_up(&w, &fake);
     journal_has_the_daemons_records(&w);
+    hooks_start_and_stop_the_unit(home, &fake);
+    logs_command_reads_the_journal(&w);
 }
 
 /// config.json for the fake; the unit template (the real binary) with a drop-in that shortens
@@ -501,6 +511,99 @@ fn journal_has_the_daemons_records(w: &World) {
     );
 }
 
+/// (f) The hooks drive the unit: `session-start` (CONFAB_SERVICE_MANAGER=systemd) writes the
+/// launch state and starts the unit, which is active when the hook returns; a second
+/// `session-start` starts nothing; `session-end` queues the event and stops the unit without
+/// waiting, and the daemon's final sync sends the last line and the event once.
+fn hooks_start_and_stop_the_unit(home: &Path, fake: &Fake) {
+    let w = World::new(home, "sdhook", 2);
+    hook(
+        &w,
+        "session-start",
+        &w.hook_input("SessionStart", "startup"),
+    );
+    assert_eq!(
+        is_active(&w.unit),
+        "active",
+        "the hook's start waits for READY=1"
+    );
+    let pid = main_pid(&w.unit);
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(w.paths.state_file(&w.id)).unwrap()).unwrap();
+    assert_eq!(st["confab_sync"]["service_manager"], "systemd", "{st:#}");
+    assert_eq!(st["pid"], pid, "the daemon recorded its own pid: {st:#}");
+    for (k, v) in w.launch_env() {
+        assert_eq!(st["confab_sync"]["launch_env"][&k], v.as_str(), "{st:#}");
+    }
+    let name = w.file_name();
+    wait_for("2 lines of the hook's session", || {
+        fake.position(&w.id, &name) == 2
+    });
+
+    hook(&w, "session-start", &w.hook_input("SessionStart", "resume"));
+    assert_eq!(main_pid(&w.unit), pid, "a live daemon is not started twice");
+    assert_eq!(show(&w.unit, "NRestarts"), "0");
+
+    w.append_lines(2..3);
+    let end = Instant::now();
+    hook(&w, "session-end", &w.hook_input("SessionEnd", "exit"));
+    assert!(
+        end.elapsed() < Duration::from_secs(5),
+        "session-end does not wait for the final sync"
+    );
+    wait_for("the unit to stop", || is_active(&w.unit) == "inactive");
+    assert_eq!(
+        fake.position(&w.id, &name),
+        3,
+        "the final sync sent the last line"
+    );
+    w.assert_exactly_once(fake);
+    let events = w.events(fake);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event_type"], "session_end");
+    assert_eq!(events[0]["payload"]["reason"], "exit");
+    assert_eq!(w.leftovers(), Vec::<PathBuf>::new(), "survived session-end");
+}
+
+/// `confab-sync logs <ID>` of an ended systemd session reads the journal (cli.md): the daemon's
+/// lines of both runs, the watchdog's victim and its successor.
+fn logs_command_reads_the_journal(w: &World) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["logs", &w.id])
+        .env("CONFAB_SERVICE_MANAGER", "systemd");
+    let out = run(&mut cmd);
+    assert!(out.ok, "confab-sync logs: {}", out.stderr);
+    assert_eq!(
+        out.stdout.matches("session initialised").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("session_end event sent"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Runs `confab-sync hook <sub>` as Claude Code would: hook JSON on stdin, the user's environment
+/// (here: the test's CONFAB_* settings), one JSON answer on stdout, exit 0.
+fn hook(w: &World, sub: &str, input: &HookInput) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["hook", sub])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &w.home)
+        .env("XDG_RUNTIME_DIR", "/run/user/0")
+        .env("CONFAB_SERVICE_MANAGER", "systemd")
+        .envs(w.launch_env());
+    let out = run_with_stdin(&mut cmd, serde_json::to_vec(input).unwrap());
+    assert!(out.ok, "hook {sub}: {}", out.stderr);
+    let answer: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("hook {sub} answered {:?}: {e}", out.stdout));
+    assert_eq!(answer["continue"], true, "{answer}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers: systemctl and journalctl against the private manager (XDG_RUNTIME_DIR comes from the
 // harness), all bounded.
@@ -512,12 +615,18 @@ struct Ran {
 }
 
 fn run(cmd: &mut Command) -> Ran {
+    run_with_stdin(cmd, Vec::new())
+}
+
+fn run_with_stdin(cmd: &mut Command, stdin: Vec<u8>) -> Ran {
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::thread::spawn(move || std::io::Write::write_all(&mut input, &stdin));
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out = std::thread::spawn(move || std::io::read_to_string(&mut out).unwrap_or_default());
