@@ -15,7 +15,10 @@
 //!     and restarted, with the lines appended meanwhile arriving exactly once;
 //! (c) stop → final sync and one `session_end` event, unit inactive, state/inbox/lock gone;
 //! (d) the journal files the daemon's records under the user unit with `CONFAB_SESSION=<ID>` and
-//!     `SYSLOG_IDENTIFIER=confab-sync`, and never the API key.
+//!     `SYSLOG_IDENTIFIER=confab-sync`, and never the API key;
+//! (f) `hook session-start` (`CONFAB_SERVICE_MANAGER=systemd`) starts the unit, a second one does
+//!     not start another, `hook session-end` stops it with a final sync and one event, and
+//!     `confab-sync logs <ID>` reads the daemon's lines back from the journal.
 //!
 //! The hang comes from the `test-faults` fault file (proving that pings come from the loop
 //! itself); a build without that feature freezes the daemon with SIGSTOP instead, so the watchdog
