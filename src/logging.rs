@@ -5,16 +5,38 @@
 //! Invariant: nothing logged anywhere contains the API key or request bodies (H16); the backend
 //! module only ever logs statuses and truncated response bodies.
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM` to its dev:ino).
 pub fn stderr_is_journal() -> bool {
-    let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = v.split_once(':') else { return false };
-    let Ok(meta) = nix::sys::stat::fstat(2) else { return false };
-    dev.parse::<u64>().ok() == Some(meta.st_dev) && ino.parse::<u64>().ok() == Some(meta.st_ino)
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = nix::sys::stat::fstat(2) else {
+        return false;
+    };
+    // dev_t and ino_t are not u64 everywhere (macOS: i32 dev_t); the casts are for them.
+    #[allow(clippy::unnecessary_cast)]
+    let (st_dev, st_ino) = (meta.st_dev as u64, meta.st_ino as u64);
+    dev.parse::<u64>().ok() == Some(st_dev) && ino.parse::<u64>().ok() == Some(st_ino)
+}
+
+/// syslog priorities as journald users expect them: info is 6 (tracing-journald's default maps it
+/// to 5, "notice", which `journalctl` highlights as if every progress line were noteworthy).
+fn journal_priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
 }
 
 /// Installs the global subscriber. `session` adds `CONFAB_SESSION=<id>` to every journal record.
@@ -26,13 +48,25 @@ pub fn init(level: Option<&str>, session: Option<&str>) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
-            let fields: Vec<(String, String)> =
-                session.map(|s| vec![("CONFAB_SESSION".to_string(), s.to_string())]).unwrap_or_default();
-            let layer = layer.with_syslog_identifier("confab-sync".into()).with_custom_fields(fields);
-            let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+            let fields: Vec<(String, String)> = session
+                .map(|s| vec![("CONFAB_SESSION".to_string(), s.to_string())])
+                .unwrap_or_default();
+            let layer = layer
+                .with_syslog_identifier("confab-sync".into())
+                .with_priority_mappings(journal_priorities())
+                .with_custom_fields(fields);
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init();
             return;
         }
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init();
 }

@@ -37,20 +37,30 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// The `STATUS=` sent with `STOPPING=1`.
+pub const STOPPING_STATUS: &str = "stopping: final sync";
+
 pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
-/// `STOPPING=1` plus time for the final sync (`EXTEND_TIMEOUT_USEC`).
+/// `STOPPING=1` plus time for the final sync (`EXTEND_TIMEOUT_USEC`), and a status saying so
+/// (`systemctl status` during a slow final sync otherwise shows the last cycle's line).
 pub fn stopping(extend: Duration) {
-    send(&[NotifyState::Stopping, NotifyState::ExtendTimeoutUsec(extend.as_micros().min(u32::MAX as u128) as u32)]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status(STOPPING_STATUS),
+        NotifyState::ExtendTimeoutUsec(extend.as_micros().min(u32::MAX as u128) as u32),
+    ]);
 }
 
 /// Sends `WATCHDOG=1` if a quarter of the interval passed since the last ping (cheap to call often).
 pub fn watchdog_ping() {
     static START: OnceLock<Instant> = OnceLock::new();
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let Some(interval) = watchdog_interval() else { return };
+    let Some(interval) = watchdog_interval() else {
+        return;
+    };
     let start = *START.get_or_init(Instant::now);
     let now_ms = start.elapsed().as_millis() as u64 + 1;
     let last = LAST_MS.load(Ordering::Relaxed);
@@ -67,7 +77,9 @@ pub fn ping_every() -> Option<Duration> {
 
 /// Runs `fut` while pinging the watchdog, for requests and waits that may outlast the interval.
 pub async fn keepalive<F: Future>(fut: F) -> F::Output {
-    let Some(every) = ping_every() else { return fut.await };
+    let Some(every) = ping_every() else {
+        return fut.await;
+    };
     tokio::pin!(fut);
     loop {
         watchdog_ping();

@@ -10,3 +10,4 @@ mod fake_selftest;
 mod harness;
 mod hooks;
 mod support;
+mod systemd;
