@@ -22,7 +22,11 @@ const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus");
 
 fn corpus_lines() -> Vec<u8> {
     let mut all = Vec::new();
-    for f in ["4d5611e5-241a-462a-8d15-5122611a9569.jsonl", "session_comprehensive.jsonl", "python-to-rust-port.jsonl"] {
+    for f in [
+        "4d5611e5-241a-462a-8d15-5122611a9569.jsonl",
+        "session_comprehensive.jsonl",
+        "python-to-rust-port.jsonl",
+    ] {
         all.extend(std::fs::read(Path::new(CORPUS).join(f)).expect("corpus file"));
     }
     all
@@ -53,8 +57,12 @@ fn decode(headers: &HeaderMap, body: &[u8]) -> Value {
 static POSITIONS: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
 
 async fn init(_h: HeaderMap, _b: Bytes) -> Json<Value> {
-    let files: serde_json::Map<String, Value> =
-        POSITIONS.lock().unwrap().iter().map(|(k, v)| (k.clone(), json!({"last_synced_line": v}))).collect();
+    let files: serde_json::Map<String, Value> = POSITIONS
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), json!({"last_synced_line": v})))
+        .collect();
     Json(json!({"session_id": "bench-session", "files": files}))
 }
 
@@ -86,7 +94,9 @@ async fn event(h: HeaderMap, b: Bytes) -> Json<Value> {
 }
 
 fn start_backend(rt: &tokio::runtime::Runtime) -> String {
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/api/v1/sync/init", post(init))
@@ -113,7 +123,16 @@ fn world(mb: u64) -> (World, u64) {
     let transcript = claude.join("p/bench-session-id.jsonl");
     let bytes = build_transcript(&transcript, mb);
     let config = tmp.path().join("config.json");
-    (World { home, claude, transcript, config, _tmp: tmp }, bytes)
+    (
+        World {
+            home,
+            claude,
+            transcript,
+            config,
+            _tmp: tmp,
+        },
+        bytes,
+    )
 }
 
 fn command(w: &World, id: &str) -> Command {
@@ -124,7 +143,11 @@ fn command(w: &World, id: &str) -> Command {
         .env("CONFAB_CONFIG_PATH", &w.config)
         .env("CONFAB_CLAUDE_DIR", &w.claude)
         .env("CONFAB_LOG", "warn")
-        .args(["run", &format!("--session-id={id}"), &format!("--transcript={}", w.transcript.display())])
+        .args([
+            "run",
+            &format!("--session-id={id}"),
+            &format!("--transcript={}", w.transcript.display()),
+        ])
         .stdin(Stdio::null());
     c
 }
@@ -139,10 +162,15 @@ fn run_measured(mut cmd: Command) -> (Duration, u64, Duration) {
     // SAFETY: wait4 on our own child with valid out-pointers.
     let r = unsafe { libc::wait4(pid.as_raw(), &mut status, 0, &mut usage) };
     assert_eq!(r, pid.as_raw());
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "run failed: {status}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "run failed: {status}"
+    );
     let cpu = Duration::from_micros(
-        (usage.ru_utime.tv_sec * 1_000_000 + usage.ru_utime.tv_usec + usage.ru_stime.tv_sec * 1_000_000 + usage.ru_stime.tv_usec)
-            as u64,
+        (usage.ru_utime.tv_sec * 1_000_000
+            + usage.ru_utime.tv_usec
+            + usage.ru_stime.tv_sec * 1_000_000
+            + usage.ru_stime.tv_usec) as u64,
     );
     std::mem::forget(child);
     (start.elapsed(), usage.ru_maxrss as u64, cpu)
@@ -161,7 +189,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn main() {
@@ -169,15 +198,26 @@ fn main() {
         println!("catchup: bench");
         return;
     }
-    let mb: u64 = std::env::var("CONFAB_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mb: u64 = std::env::var("CONFAB_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let url = start_backend(&rt);
 
     let (w, bytes) = world(mb);
     let mbytes = bytes as f64 / 1e6;
     println!("transcript: {mbytes:.1} MB of real corpus lines");
 
-    std::fs::write(&w.config, json!({"backend_url": url, "api_key": "bench-key"}).to_string()).unwrap();
+    std::fs::write(
+        &w.config,
+        json!({"backend_url": url, "api_key": "bench-key"}).to_string(),
+    )
+    .unwrap();
     let mut c = command(&w, "bench-http");
     c.arg("--once");
     let (t, rss, cpu) = run_measured(c);
@@ -189,8 +229,11 @@ fn main() {
         cpu.as_secs_f64()
     );
 
-    std::fs::write(&w.config, json!({"backend_url": format!("file://{}", w.home.join("arch").display())}).to_string())
-        .unwrap();
+    std::fs::write(
+        &w.config,
+        json!({"backend_url": format!("file://{}", w.home.join("arch").display())}).to_string(),
+    )
+    .unwrap();
     let mut c = command(&w, "bench-archive");
     c.arg("--once");
     let (t, rss, cpu) = run_measured(c);
@@ -203,10 +246,18 @@ fn main() {
     );
 
     // Idle: a running daemon on the HTTP backend that has caught up (the backend holds everything).
-    std::fs::write(&w.config, json!({"backend_url": url, "api_key": "bench-key"}).to_string()).unwrap();
+    std::fs::write(
+        &w.config,
+        json!({"backend_url": url, "api_key": "bench-key"}).to_string(),
+    )
+    .unwrap();
     let mut c = command(&w, "bench-http");
     c.env("CONFAB_SYNC_INTERVAL_MS", "1000");
-    let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let t0 = cpu_ticks(child.id());
     std::thread::sleep(Duration::from_secs(10));
@@ -217,6 +268,9 @@ fn main() {
         rss_kib(child.id()) as f64 / 1024.0,
         ticks as f64 / hz * 1000.0
     );
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
 }

@@ -226,7 +226,10 @@ impl Daemon {
             let exit = if transcript.is_file() {
                 run_once(engine).await
             } else {
-                Exit::Failed(format!("transcript {} does not exist", transcript.display()))
+                Exit::Failed(format!(
+                    "transcript {} does not exist",
+                    transcript.display()
+                ))
             };
             lock.release_and_unlink();
             return exit;

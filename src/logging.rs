@@ -62,8 +62,10 @@ pub fn init(level: Option<&str>, session: Option<&str>) {
             return;
         }
     }
+    // Colour only for a person at a terminal: detached daemons write to a log file.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = tracing_subscriber::registry()
         .with(filter)

@@ -143,7 +143,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(78);
                 }
             };
-            confab_sync::logging::init(tuning.log_level.as_deref(), Some(&session_id));
+            // config.toml's level wins; config.json's applies only when the TOML sets none (§8).
+            let json_level = confab_sync::config::read_credentials(&paths.config_json)
+                .ok()
+                .flatten()
+                .and_then(|c| c.log_level);
+            let level = tuning.log_level.clone().or(json_level);
+            confab_sync::logging::init(level.as_deref(), Some(&session_id));
             let opts = RunOptions {
                 session_id,
                 transcript,

@@ -34,13 +34,21 @@ impl Watcher {
             if !(ev.kind.is_modify() || ev.kind.is_create()) {
                 return;
             }
-            if ev.paths.iter().any(|p| *p == file || p.starts_with(&session_dir)) {
+            if ev
+                .paths
+                .iter()
+                .any(|p| *p == file || p.starts_with(&session_dir))
+            {
                 w.notify_one();
             }
         })
         .map_err(|e| tracing::debug!("file watching unavailable: {e}"))
         .ok()?;
-        let mut me = Watcher { inner, wake, watched: Vec::new() };
+        let mut me = Watcher {
+            inner,
+            wake,
+            watched: Vec::new(),
+        };
         if let Some(dir) = transcript.parent() {
             me.ensure(dir);
         }

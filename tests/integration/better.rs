@@ -10,7 +10,6 @@ use crate::support::fake::{Fake, Fault, Route, Times};
 const T: Duration = Duration::from_secs(10);
 const NAME: &str = TRANSCRIPT_NAME;
 
-
 fn state_file_entry(env: &Env) -> Value {
     env.state().unwrap()["confab_sync"]["files"][NAME].clone()
 }
@@ -82,8 +81,18 @@ async fn x3_restart_after_big_sync_reads_only_the_new_bytes() {
     let read = d.counters.get(NAME);
     d.stop_within(T).await;
     let new = &fake.chunk_requests()[before..];
-    assert_eq!(new.len(), 1, "{:?}", new.iter().map(|c| (c.first_line(), c.line_count(), c.status)).collect::<Vec<_>>());
-    assert_eq!((new[0].first_line(), new[0].line_count()), (Some(total + 1), Some(1)));
+    assert_eq!(
+        new.len(),
+        1,
+        "{:?}",
+        new.iter()
+            .map(|c| (c.first_line(), c.line_count(), c.status))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (new[0].first_line(), new[0].line_count()),
+        (Some(total + 1), Some(1))
+    );
     assert!(read < 64 * 1024, "read {read} bytes");
     fake.assert_no_violations();
 }
@@ -621,18 +630,33 @@ async fn x39_state_survives_until_another_pid_takes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x15_parent_with_wrong_start_token_counts_as_dead() {
     let (fake, env) = setup(1).await;
-    let mut sleeper = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     // A state written for this parent pid, but with another process's start token.
-    let mut st = confab_sync::state::State::new(&env.paths(), &env.id, &env.transcript.display().to_string(), "/", sleeper.id() as i64);
+    let mut st = confab_sync::state::State::new(
+        &env.paths(),
+        &env.id,
+        &env.transcript.display().to_string(),
+        "/",
+        sleeper.id() as i64,
+    );
     st.confab_sync.parent_start = Some("linux:not-this-boot:1".into());
     std::fs::create_dir_all(env.state_path().parent().unwrap()).unwrap();
     confab_sync::state::save(&env.state_path(), &st).unwrap();
     let mut opts = env.options();
     opts.parent_pid = Some(sleeper.id() as i64);
     let d = env.start_with(opts, env.tuning());
-    let exit = tokio::time::timeout(Duration::from_secs(3), d.task).await.expect("exits by itself").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(3), d.task)
+        .await
+        .expect("exits by itself")
+        .unwrap();
     assert_eq!(exit.code(), 0);
-    assert!(sleeper.try_wait().unwrap().is_none(), "the unrelated process is untouched");
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "the unrelated process is untouched"
+    );
     sleeper.kill().unwrap();
     let _ = sleeper.wait();
     let _ = fake;
@@ -641,7 +665,10 @@ async fn x15_parent_with_wrong_start_token_counts_as_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x20_parent_death_during_a_hung_chunk_exits_within_budget() {
     let (fake, env) = setup(1).await;
-    let mut parent = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut parent = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     let mut tuning = env.tuning();
     tuning.shutdown_budget = Duration::from_secs(1);
     fake.hold(Route::Chunk, Duration::from_secs(60), Times::Always);
@@ -652,7 +679,10 @@ async fn x20_parent_death_during_a_hung_chunk_exits_within_budget() {
     parent.kill().unwrap();
     parent.wait().unwrap();
     // Parent check every 200 ms, then a 1 s budget.
-    let exit = tokio::time::timeout(Duration::from_millis(1600), d.task).await.expect("exits in time").unwrap();
+    let exit = tokio::time::timeout(Duration::from_millis(1600), d.task)
+        .await
+        .expect("exits in time")
+        .unwrap();
     assert_eq!(exit.code(), 0);
 }
 
@@ -668,9 +698,14 @@ async fn x11_twenty_mib_line_placeholder_and_bounded_memory() {
     let peak = std::sync::atomic::AtomicU64::new(0);
     let ok = fake
         .wait_until(Duration::from_secs(30), |f| {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
             if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
-                let kib = hwm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                let kib = hwm
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 peak.store(kib, std::sync::atomic::Ordering::Relaxed);
             }
             f.position(&env.id, NAME) == 4
@@ -678,16 +713,28 @@ async fn x11_twenty_mib_line_placeholder_and_bounded_memory() {
         .await;
     assert!(ok);
     let peak_kib = peak.load(std::sync::atomic::Ordering::Relaxed);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("hhhhhhhhhh"), "the warning does not contain the line");
+    assert!(
+        !stderr.contains("hhhhhhhhhh"),
+        "the warning does not contain the line"
+    );
     assert!(stderr.contains("placeholder"), "{stderr}");
     let stored = fake.lines(&env.id, NAME);
     let ph: Value = serde_json::from_str(&stored[1]).unwrap();
     assert_eq!(ph["original_bytes"], 20_971_520u64);
-    assert_eq!(ph["sha256"], hex::encode(sha2::Sha256::digest(huge.as_bytes())));
+    assert_eq!(
+        ph["sha256"],
+        hex::encode(sha2::Sha256::digest(huge.as_bytes()))
+    );
     assert_eq!(stored[2..], [line(2), line(3)]);
-    assert!(peak_kib > 0 && peak_kib < 100 * 1024, "peak RSS {peak_kib} KiB");
+    assert!(
+        peak_kib > 0 && peak_kib < 100 * 1024,
+        "peak RSS {peak_kib} KiB"
+    );
     fake.assert_no_violations();
 }

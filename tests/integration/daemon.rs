@@ -11,7 +11,6 @@ use crate::support::fake::{Fake, Fault, Route, Times};
 const T: Duration = Duration::from_secs(10);
 const NAME: &str = TRANSCRIPT_NAME;
 
-
 fn synced(fake: &Fake, env: &Env, file: &str) -> bool {
     fake.lines(&env.id, file) == complete_lines(&env.transcript.parent().unwrap().join(file))
 }
@@ -499,7 +498,10 @@ async fn b1_shutdown_future_returns_within_two_seconds() {
     }));
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
     tx.send(()).unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), 0);
 }
 
@@ -513,12 +515,21 @@ async fn e8_e9_e11_non_json_big_and_oversized_first_lines() {
     tuning.chunk_target_bytes = 1024 * 1024;
     let oversized = "o".repeat(2 * 1024 * 1024);
     let big = format!(r#"{{"big":"{}"}}"#, "b".repeat(500_000));
-    env.write_transcript(&[oversized, "not json at all".into(), big.clone(), String::new(), line(4)]);
+    env.write_transcript(&[
+        oversized,
+        "not json at all".into(),
+        big.clone(),
+        String::new(),
+        line(4),
+    ]);
     let d = env.start_with(env.options(), tuning);
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 5).await);
     d.stop_within(T).await;
     let stored = fake.lines(&env.id, NAME);
-    assert!(stored[0].contains("confab_oversized_line"), "a first line over the limit is a placeholder");
+    assert!(
+        stored[0].contains("confab_oversized_line"),
+        "a first line over the limit is a placeholder"
+    );
     assert_eq!(stored[1], "not json at all");
     assert_eq!(stored[2], big);
     assert_eq!(stored[3], "");
@@ -550,13 +561,22 @@ async fn file_change_wakes_the_loop_long_before_the_interval() {
     let appended = std::time::Instant::now();
     env.append(&format!("{}\n", line(1)));
     assert!(
-        fake.wait_until(Duration::from_secs(3), |f| f.position(&env.id, NAME) == 2).await,
+        fake.wait_until(Duration::from_secs(3), |f| f.position(&env.id, NAME) == 2)
+            .await,
         "an appended line is sent on the file-change wake-up, not after the 60 s interval"
     );
-    assert!(appended.elapsed() >= Duration::from_millis(100), "sent after the debounce, by a wake-up");
+    assert!(
+        appended.elapsed() >= Duration::from_millis(100),
+        "sent after the debounce, by a wake-up"
+    );
     // An agent file created later wakes it too.
     env.write_agent("wakeup01", &lines(0..1));
-    assert!(fake.wait_until(Duration::from_secs(3), |f| f.position(&env.id, "agent-wakeup01.jsonl") == 1).await);
+    assert!(
+        fake.wait_until(Duration::from_secs(3), |f| f
+            .position(&env.id, "agent-wakeup01.jsonl")
+            == 1)
+            .await
+    );
     d.stop_within(T).await;
     fake.assert_no_violations();
 }

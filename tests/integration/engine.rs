@@ -11,10 +11,11 @@ use crate::support::fake::{Fake, Fault, Route, Times};
 const T: Duration = Duration::from_secs(10);
 const NAME: &str = TRANSCRIPT_NAME;
 
-
 fn redaction_on(env: &Env, url: &str) {
-    env.write_config_json(json!({"backend_url": url, "api_key": crate::support::fake::API_KEY,
-        "redaction": {"enabled": true}}));
+    env.write_config_json(
+        json!({"backend_url": url, "api_key": crate::support::fake::API_KEY,
+        "redaction": {"enabled": true}}),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,8 +64,14 @@ async fn d7_redaction_in_metadata_and_lines() {
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 2).await);
     d.stop_within(T).await;
     let body = fake.chunk_requests()[0].body.clone().unwrap();
-    assert!(body["metadata"]["summary"].as_str().unwrap().contains("[REDACTED:AWS_KEY]"));
-    assert!(body["metadata"]["first_user_message"].as_str().unwrap().contains("[REDACTED:AWS_KEY]"));
+    assert!(body["metadata"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("[REDACTED:AWS_KEY]"));
+    assert!(body["metadata"]["first_user_message"]
+        .as_str()
+        .unwrap()
+        .contains("[REDACTED:AWS_KEY]"));
     assert!(!body.to_string().contains(key));
     assert!(fake.lines(&env.id, NAME).iter().all(|l| !l.contains(key)));
     fake.assert_no_violations();
@@ -77,13 +84,18 @@ async fn d9_d17_auth_failure_reinit_carries_metadata() {
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
     fake.revoke_key(crate::support::fake::API_KEY);
     env.append(&(line(1) + "\n"));
-    assert!(fake.wait_until(T, |f| f.statuses(Route::Chunk).contains(&401)).await);
+    assert!(
+        fake.wait_until(T, |f| f.statuses(Route::Chunk).contains(&401))
+            .await
+    );
     fake.add_key(crate::support::fake::API_KEY, "u1");
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 2).await);
     d.stop_within(T).await;
     let inits = fake.requests_to(Route::Init);
     assert!(inits.len() >= 2);
-    assert!(inits.iter().all(|r| r.body.as_ref().unwrap()["metadata"]["cwd"].is_string()));
+    assert!(inits
+        .iter()
+        .all(|r| r.body.as_ref().unwrap()["metadata"]["cwd"].is_string()));
     fake.assert_no_violations();
 }
 
@@ -101,7 +113,12 @@ async fn d11_d13_agent_chain_fifteen_deep_in_two_cycles() {
     }
     // Hide the directory scan's shortcut: the chain is found through references, level by level.
     let d = env.start();
-    assert!(fake.wait_until(T, |f| ids.iter().all(|id| f.position(&env.id, &format!("agent-{id}.jsonl")) > 0)).await);
+    assert!(
+        fake.wait_until(T, |f| ids
+            .iter()
+            .all(|id| f.position(&env.id, &format!("agent-{id}.jsonl")) > 0))
+            .await
+    );
     d.stop_within(T).await;
     fake.assert_no_violations();
 }
@@ -113,10 +130,17 @@ async fn d12_mutual_references_upload_once() {
     env.write_agent("aaaaaaaa", &[agent_ref("bbbbbbbb")]);
     env.write_agent("bbbbbbbb", &[agent_ref("aaaaaaaa")]);
     let d = env.start();
-    assert!(fake.wait_until(T, |f| f.position(&env.id, "agent-bbbbbbbb.jsonl") == 1).await);
+    assert!(
+        fake.wait_until(T, |f| f.position(&env.id, "agent-bbbbbbbb.jsonl") == 1)
+            .await
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     d.stop_within(T).await;
-    let a = fake.chunk_requests().iter().filter(|r| r.file_name() == Some("agent-aaaaaaaa.jsonl")).count();
+    let a = fake
+        .chunk_requests()
+        .iter()
+        .filter(|r| r.file_name() == Some("agent-aaaaaaaa.jsonl"))
+        .count();
     assert_eq!(a, 1);
     fake.assert_no_violations();
 }
@@ -126,14 +150,28 @@ async fn d15_stored_then_503_refreshes_without_duplicates() {
     let (fake, env) = setup(3).await;
     fake.fault(Route::Chunk, Fault::CommitThen500, Times::Next(1));
     let d = env.start();
-    assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 3 && f.count(Route::Init) >= 2).await);
+    assert!(
+        fake.wait_until(T, |f| f.position(&env.id, NAME) == 3
+            && f.count(Route::Init) >= 2)
+            .await
+    );
     env.append(&(line(3) + "\n"));
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 4).await);
     d.stop_within(T).await;
     let reqs = fake.requests();
-    let failed = reqs.iter().position(|r| r.route == Some(Route::Chunk) && r.status >= 500).unwrap();
-    let next = reqs[failed + 1..].iter().find(|r| r.route.is_some()).unwrap();
-    assert_eq!(next.route, Some(Route::Init), "an init precedes the next send");
+    let failed = reqs
+        .iter()
+        .position(|r| r.route == Some(Route::Chunk) && r.status >= 500)
+        .unwrap();
+    let next = reqs[failed + 1..]
+        .iter()
+        .find(|r| r.route.is_some())
+        .unwrap();
+    assert_eq!(
+        next.route,
+        Some(Route::Init),
+        "an init precedes the next send"
+    );
     assert_eq!(fake.lines(&env.id, NAME), complete_lines(&env.transcript));
     fake.assert_no_violations();
 }
@@ -149,12 +187,26 @@ async fn d16_contiguity_400_resends_from_backend_position() {
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 7).await);
     d.stop_within(T).await;
     let chunks = fake.chunk_requests();
-    let rejected = chunks.iter().position(|c| c.status == 400).expect("a contiguity 400");
+    let rejected = chunks
+        .iter()
+        .position(|c| c.status == 400)
+        .expect("a contiguity 400");
     assert_eq!(chunks[rejected].first_line(), Some(6));
-    assert_eq!(chunks[rejected + 1].first_line(), Some(7), "resent from the backend's position");
+    assert_eq!(
+        chunks[rejected + 1].first_line(),
+        Some(7),
+        "resent from the backend's position"
+    );
     let reqs = fake.requests();
-    let i = reqs.iter().position(|r| r.index == chunks[rejected].index).unwrap();
-    assert_eq!(reqs[i + 1].route, Some(Route::Init), "refresh before the resend");
+    let i = reqs
+        .iter()
+        .position(|r| r.index == chunks[rejected].index)
+        .unwrap();
+    assert_eq!(
+        reqs[i + 1].route,
+        Some(Route::Init),
+        "refresh before the resend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,22 +216,39 @@ async fn d18_restart_resumes_agent_from_backend_line() {
     fake.preset_lines(&env.id, "agent-resume01.jsonl", &[&line(0)]);
     env.write_agent("resume01", &lines(0..3));
     let d = env.start();
-    assert!(fake.wait_until(T, |f| f.position(&env.id, "agent-resume01.jsonl") == 3).await);
+    assert!(
+        fake.wait_until(T, |f| f.position(&env.id, "agent-resume01.jsonl") == 3)
+            .await
+    );
     d.stop_within(T).await;
-    let c = fake.chunk_requests().into_iter().find(|r| r.file_name() == Some("agent-resume01.jsonl")).unwrap();
+    let c = fake
+        .chunk_requests()
+        .into_iter()
+        .find(|r| r.file_name() == Some("agent-resume01.jsonl"))
+        .unwrap();
     assert_eq!(c.first_line(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d20_ids_of_every_valid_shape_found_by_scan() {
     let (fake, env) = setup(1).await;
-    let ids = ["a3eaf63159a07953f", "acompact-2aaa241e456ebc94", "aprompt_suggestion-ba74af", "abcd1234"];
+    let ids = [
+        "a3eaf63159a07953f",
+        "acompact-2aaa241e456ebc94",
+        "aprompt_suggestion-ba74af",
+        "abcd1234",
+    ];
     for id in ids {
         env.write_agent(id, &lines(0..1));
     }
     env.write_agent("abc12", &lines(0..1));
     let d = env.start();
-    assert!(fake.wait_until(T, |f| ids.iter().all(|id| f.position(&env.id, &format!("agent-{id}.jsonl")) == 1)).await);
+    assert!(
+        fake.wait_until(T, |f| ids
+            .iter()
+            .all(|id| f.position(&env.id, &format!("agent-{id}.jsonl")) == 1))
+            .await
+    );
     d.stop_within(T).await;
     assert_eq!(fake.position(&env.id, "agent-abc12.jsonl"), 0);
 }
@@ -213,7 +282,10 @@ async fn f1_f4_summary_linking_patches_once() {
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 3).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     d.stop_within(T).await;
-    assert_eq!(fake.summaries(), vec![("earlier-session".to_string(), "Earlier work".to_string())]);
+    assert_eq!(
+        fake.summaries(),
+        vec![("earlier-session".to_string(), "Earlier work".to_string())]
+    );
     let patch = fake.requests_to(Route::Summary).remove(0);
     assert!(patch.header("content-encoding").is_none());
     fake.assert_no_violations();
@@ -225,10 +297,15 @@ async fn x25_x32_long_summary_patch_uncompressed_and_redacted() {
     let env = Env::new();
     redaction_on(&env, &fake.url());
     let sessions = env.transcript.parent().unwrap();
-    write_lines(&sessions.join("older.jsonl"), &[r#"{"uuid":"leaf-9"}"#.to_string()]);
+    write_lines(
+        &sessions.join("older.jsonl"),
+        &[r#"{"uuid":"leaf-9"}"#.to_string()],
+    );
     let token = format!("ghp_{}", "A".repeat(36));
     let text = format!("{} {token}", "s".repeat(1500));
-    env.write_transcript(&[json!({"type":"summary","summary":text,"leafUuid":"leaf-9"}).to_string()]);
+    env.write_transcript(&[
+        json!({"type":"summary","summary":text,"leafUuid":"leaf-9"}).to_string()
+    ]);
     let d = env.start();
     assert!(fake.wait_until(T, |f| !f.summaries().is_empty()).await);
     d.stop_within(T).await;
@@ -270,7 +347,10 @@ async fn x35_h27_unchanged_lines_byte_identical_with_redaction_on() {
     d.stop_within(T).await;
     let stored = fake.lines(&env.id, NAME);
     assert_eq!(stored[0], plain);
-    assert_eq!(stored[1], r#"{"z":1,"a":12345678901234567890,"token":"[REDACTED:SENSITIVE_FIELD]","n":1.50}"#);
+    assert_eq!(
+        stored[1],
+        r#"{"z":1,"a":12345678901234567890,"token":"[REDACTED:SENSITIVE_FIELD]","n":1.50}"#
+    );
     fake.assert_no_violations();
 }
 
@@ -282,19 +362,37 @@ async fn x24_key_never_in_output_status_or_debug() {
     let env = Env::new();
     env.write_config(&fake.url(), &key);
     env.write_transcript(&lines(0..3));
-    let out = env.command().env("CONFAB_LOG", "trace").args(env.run_args()).arg("--once").output().unwrap();
+    let out = env
+        .command()
+        .env("CONFAB_LOG", "trace")
+        .args(env.run_args())
+        .arg("--once")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     // A failing run too: revoked key, so errors are printed.
     fake.revoke_key(&key);
     env.append(&(line(3) + "\n"));
-    let bad = env.command().env("CONFAB_LOG", "trace").args(env.run_args()).arg("--once").output().unwrap();
+    let bad = env
+        .command()
+        .env("CONFAB_LOG", "trace")
+        .args(env.run_args())
+        .arg("--once")
+        .output()
+        .unwrap();
     let status = env.command().args(["status", "--json"]).output().unwrap();
     for o in [&out, &bad, &status] {
-        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(!all.contains(&key), "key leaked");
         assert!(!all.contains("Bearer "), "header leaked");
     }
-    let creds = confab_sync::config::read_credentials(&env.config_json).unwrap().unwrap();
+    let creds = confab_sync::config::read_credentials(&env.config_json)
+        .unwrap()
+        .unwrap();
     assert!(!format!("{creds:?}").contains(&key));
 }
 
@@ -302,8 +400,16 @@ async fn x24_key_never_in_output_status_or_debug() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x40_state_survives_a_panic() {
     let (fake, env) = setup(3).await;
-    let out = env.command().env("CONFAB_SYNC_FAULT", "panic-after-ack").args(env.run_args()).output().unwrap();
-    assert!(!out.status.success(), "the injected panic fails the process");
+    let out = env
+        .command()
+        .env("CONFAB_SYNC_FAULT", "panic-after-ack")
+        .args(env.run_args())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the injected panic fails the process"
+    );
     let st = env.state().expect("state kept after a crash");
     assert_eq!(st["confab_sync"]["files"][NAME]["acked_line"], 3);
     assert_eq!(fake.position(&env.id, NAME), 3);
@@ -320,7 +426,9 @@ async fn x47_jitter_gaps_within_bounds_and_varied() {
     let mut last = None;
     let end = tokio::time::Instant::now() + Duration::from_secs(4);
     while stamps.len() < 8 && tokio::time::Instant::now() < end {
-        let now = env.state().and_then(|s| s["confab_sync"]["last_loop_at"].as_str().map(String::from));
+        let now = env
+            .state()
+            .and_then(|s| s["confab_sync"]["last_loop_at"].as_str().map(String::from));
         if now.is_some() && now != last {
             stamps.push(chrono::DateTime::parse_from_rfc3339(now.as_deref().unwrap()).unwrap());
             last = now;
@@ -328,7 +436,10 @@ async fn x47_jitter_gaps_within_bounds_and_varied() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     d.stop_within(T).await;
-    let gaps: Vec<i64> = stamps.windows(2).map(|w| (w[1] - w[0]).num_milliseconds()).collect();
+    let gaps: Vec<i64> = stamps
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
     assert!(gaps.len() >= 5, "{gaps:?}");
     // [140, 260] ms of delay, plus the cycle itself (a state write with fsync) and 5 ms of polling.
     assert!(gaps.iter().all(|g| (135..=300).contains(g)), "{gaps:?}");

@@ -296,7 +296,9 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 /// Daemon logs go to the test's captured output (shown only when a test fails).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("TEST_LOG").unwrap_or_else(|_| "confab_sync=debug".into())))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "confab_sync=debug".into()),
+        ))
         .with_test_writer()
         .try_init();
 }
@@ -311,5 +313,6 @@ pub async fn setup(n: usize) -> (crate::support::fake::Fake, Env) {
 
 /// True once the daemon finished a cycle (it stamps `last_loop_at` in its state).
 pub fn cycle_ended(env: &Env) -> bool {
-    env.state().is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())
+    env.state()
+        .is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())
 }

@@ -2,8 +2,8 @@
 //! backend (`support::fake`) and the fixture builders (`harness`).
 
 mod archive;
-mod binary;
 mod better;
+mod binary;
 mod daemon;
 mod engine;
 mod fake_selftest;
