@@ -1227,6 +1227,8 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Other tests may have cached "nobody listens" for these callsites on other threads.
+        tracing::callsite::rebuild_interest_cache();
 
         let srv = serve(|i, _| match i {
             0 => text(401, "Invalid API key\n"),
