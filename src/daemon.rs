@@ -144,6 +144,8 @@ impl Daemon {
         if let Err(e) = state::ensure_sync_dir(&sync_dir) {
             return Exit::Failed(format!("cannot create {}: {e}", sync_dir.display()));
         }
+        // A crash between write and rename leaves a tmp file; it is never used, only deleted.
+        state::remove_stale_tmp(&sync_dir);
         let state_path = self.paths.state_file(&id);
         let existing = match state::load(&state_path) {
             Ok(s) => s,

@@ -34,13 +34,15 @@ async fn x2_checkpoint_after_every_ack_is_exact() {
         fake.chunk_requests().len() > 3,
         "small target cuts several chunks"
     );
+
+    d.stop_within(T).await;
+    // Every write was tmp + rename: nothing is left behind once the writer is done.
     let leftovers: Vec<_> = std::fs::read_dir(env.home.join(".confab/sync"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty());
-    d.stop_within(T).await;
     fake.assert_no_violations();
 }
 
