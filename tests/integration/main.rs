@@ -3,9 +3,11 @@
 
 mod archive;
 mod binary;
+mod chaos;
 mod better;
 mod daemon;
 mod engine;
 mod fake_selftest;
+mod faults;
 mod harness;
 mod support;
