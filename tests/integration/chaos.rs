@@ -193,6 +193,14 @@ async fn settle(fake: &Fake) {
     );
 }
 
+/// The daemon `child` has finished a cycle (so its signal handlers are installed).
+fn cycled(env: &Env, child: &ChildGuard) -> bool {
+    env.state().is_some_and(|s| {
+        s["pid"].as_i64() == Some(child.pid().as_raw() as i64)
+            && s["confab_sync"]["last_loop_at"].is_string()
+    })
+}
+
 fn total_position(fake: &Fake, env: &Env, w: &Writer) -> u64 {
     w.names.iter().map(|n| fake.position(&env.id, n)).sum()
 }
@@ -203,6 +211,8 @@ async fn kill_9_chaos_against_the_backend_then_exact() {
     let mut rng = StdRng::seed_from_u64(seed);
     let fake = Fake::start().await;
     fake.set_record_body_limit(Some(256));
+    // Thousands of requests in a long run: the rate limit is not what this test is about.
+    fake.set_rate_limit(1_000_000, 1e6, 1_000_000, 1e6);
     let env = Env::with_backend(&fake.url());
     let log = env.tmp.path().join("daemon.log");
     let mut w = Writer::new(&env);
@@ -284,10 +294,19 @@ async fn kill_9_chaos_against_the_backend_then_exact() {
                 .all(|(n, l)| f.position(&env.id, n) == l.len() as u64)
         })
         .await;
-    assert!(synced, "seed {seed}: final run did not catch up\n{}", log_tail(&log));
+    assert!(
+        synced,
+        "seed {seed}: final run did not catch up\n{}",
+        log_tail(&log)
+    );
+    assert!(eventually(T, || cycled(&env, &child)).await, "seed {seed}");
     child.signal(Signal::SIGTERM);
     let status = child.wait(T).await;
-    assert!(status.success(), "seed {seed}: {status:?}\n{}", log_tail(&log));
+    assert!(
+        status.success(),
+        "seed {seed}: {status:?}\n{}",
+        log_tail(&log)
+    );
     for (name, lines) in &expected {
         assert!(
             fake.lines(&env.id, name) == *lines,
@@ -323,8 +342,12 @@ async fn kill_9_chaos_against_the_local_archive_then_byte_exact() {
     for _ in 0..6 {
         w.step(&mut rng);
     }
-    let archived_total =
-        |w: &Writer| -> u64 { w.names.iter().map(|n| archived_lines(&archive.join(n))).sum() };
+    let archived_total = |w: &Writer| -> u64 {
+        w.names
+            .iter()
+            .map(|n| archived_lines(&archive.join(n)))
+            .sum()
+    };
     let n = rounds();
     for round in 0..n {
         let ctx = format!("seed {seed} round {round}");
@@ -377,10 +400,19 @@ async fn kill_9_chaos_against_the_local_archive_then_byte_exact() {
             .all(|(p, b)| std::fs::read(p).is_ok_and(|got| got == *b))
     })
     .await;
-    assert!(synced, "seed {seed}: final run did not catch up\n{}", log_tail(&log));
+    assert!(
+        synced,
+        "seed {seed}: final run did not catch up\n{}",
+        log_tail(&log)
+    );
+    assert!(eventually(T, || cycled(&env, &child)).await, "seed {seed}");
     child.signal(Signal::SIGTERM);
     let status = child.wait(T).await;
-    assert!(status.success(), "seed {seed}: {status:?}\n{}", log_tail(&log));
+    assert!(
+        status.success(),
+        "seed {seed}: {status:?}\n{}",
+        log_tail(&log)
+    );
     for (path, bytes) in &expected {
         assert!(
             std::fs::read(path).unwrap() == *bytes,
