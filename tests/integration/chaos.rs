@@ -183,14 +183,23 @@ fn killed_or_clean(status: ExitStatus, after_sigterm: bool) -> bool {
     by(Signal::SIGKILL) || (after_sigterm && (status.success() || by(Signal::SIGTERM)))
 }
 
-/// Lets the fake finish what a dead client left behind (held requests commit late), so the next
-/// daemon never overlaps them.
+/// Lets the fake finish what a dead client left behind (held requests commit late; bytes the
+/// client wrote just before dying are still parsed), so the next daemon never overlaps them:
+/// everything answered and no new request for a quiet period.
 async fn settle(fake: &Fake) {
-    assert!(
-        fake.wait_until(T, |f| f.requests().iter().all(|r| r.done()))
-            .await,
-        "the fake still has requests in flight"
-    );
+    for _ in 0..100 {
+        assert!(
+            fake.wait_until(T, |f| f.requests().iter().all(|r| r.done()))
+                .await,
+            "the fake still has requests in flight"
+        );
+        let seen = fake.request_count();
+        tokio::time::sleep(ms(50)).await;
+        if fake.request_count() == seen && fake.requests().iter().all(|r| r.done()) {
+            return;
+        }
+    }
+    panic!("the fake never went quiet");
 }
 
 /// The daemon `child` has finished a cycle (so its signal handlers are installed).
@@ -220,10 +229,13 @@ async fn kill_9_chaos_against_the_backend_then_exact() {
         w.step(&mut rng);
     }
     let n = rounds();
+    let mut modes = [0usize; 4];
     for round in 0..n {
         let ctx = format!("seed {seed} round {round}");
+        let first_request = fake.request_count();
         let mut child = spawn_logged(&env, &log);
         let mode = rng.gen_range(0..4);
+        modes[mode] += 1;
         match mode {
             0 => {
                 // A random moment while the writer appends.
@@ -275,6 +287,22 @@ async fn kill_9_chaos_against_the_backend_then_exact() {
         fake.clear_holds();
         settle(&fake).await;
         check_checkpoint(&env, &w, |name| fake.position(&env.id, name), &ctx);
+        if let Some(r) = fake.requests().get(first_request) {
+            assert_eq!(
+                r.route,
+                Some(Route::Init),
+                "{ctx}: a restart starts with an init"
+            );
+        }
+    }
+    let in_flight = fake.requests().iter().filter(|r| r.client_gone).count();
+    eprintln!("rounds per mode {modes:?}; {in_flight} requests outlived their client");
+    if n >= 20 {
+        assert!(
+            modes.iter().all(|&m| m > 0),
+            "seed {seed}: every kill moment was tried"
+        );
+        assert!(in_flight > 0, "seed {seed}: some kills landed mid-request");
     }
 
     // One clean run: everything complete arrives; a fragment left at the end is never sent.
