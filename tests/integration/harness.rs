@@ -316,3 +316,75 @@ pub fn cycle_ended(env: &Env) -> bool {
     env.state()
         .is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the chaos and fault tests (appended).
+
+/// Appends raw bytes (possibly a partial line or invalid UTF-8).
+pub fn append_bytes(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// The source's complete lines, CRLF turned into LF, as the archive must hold them.
+pub fn expected_archive_bytes(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in complete_lines(path) {
+        out.extend_from_slice(l.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The non-empty lines of a corpus file, for writers that replay real transcripts.
+pub fn corpus_lines(rel: &str) -> Vec<String> {
+    std::fs::read_to_string(corpus(rel))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A spawned binary that is SIGKILLed and reaped if the test panics before it ends.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.as_ref().expect("child").id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(self.pid(), sig);
+    }
+
+    /// Waits (bounded, polling) for the exit; panics after `within`, killing the child.
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.0.as_mut().expect("child").try_wait().unwrap() {
+                self.0 = None;
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "process did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

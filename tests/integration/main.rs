@@ -4,9 +4,11 @@
 mod archive;
 mod better;
 mod binary;
+mod chaos;
 mod daemon;
 mod engine;
 mod fake_selftest;
+mod faults;
 mod harness;
 mod hooks;
 mod support;
