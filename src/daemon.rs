@@ -130,7 +130,7 @@ impl Daemon {
         let span = tracing::info_span!(
             "session",
             id = %self.opts.session_id,
-            backend = tracing::field::Empty
+            backend_session = tracing::field::Empty
         );
         self.run_inner(shutdown).instrument(span).await
     }

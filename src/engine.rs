@@ -319,7 +319,7 @@ impl Engine {
             }
             tracing::info!(backend_session = %resp.session_id, sink = %identity, "session initialised");
         }
-        tracing::Span::current().record("backend", resp.session_id.as_str());
+        tracing::Span::current().record("backend_session", resp.session_id.as_str());
         self.session_id = Some(resp.session_id.clone());
         self.init_succeeded = true;
         self.state.confab_session_id = Some(resp.session_id);

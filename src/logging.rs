@@ -54,6 +54,8 @@ pub fn init(level: Option<&str>, session: Option<&str>) {
             let layer = layer
                 .with_syslog_identifier("confab-sync".into())
                 .with_priority_mappings(journal_priorities())
+                // Span and event fields become CONFAB_BACKEND_SESSION, CONFAB_FILE, CONFAB_LINE...
+                .with_field_prefix(Some("CONFAB".into()))
                 .with_custom_fields(fields);
             let _ = tracing_subscriber::registry()
                 .with(filter)

@@ -496,6 +496,13 @@ fn journal_has_the_daemons_records(w: &World) {
         initialised >= 2,
         "each daemon logs its init: {by_session:#?}"
     );
+    // After init every record carries the backend session id, and per-file events their file.
+    assert!(
+        by_session.iter().any(|r| r["CONFAB_BACKEND_SESSION"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())),
+        "records carry CONFAB_BACKEND_SESSION: {by_session:#?}"
+    );
     // Levels map to journal priorities: info 6, warn 4 (the injected hang).
     let priority = |needle: &str| {
         by_session
