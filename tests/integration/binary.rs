@@ -262,3 +262,46 @@ async fn once_with_a_missing_transcript_fails_with_one_line() {
         "{err}"
     );
 }
+
+/// Runs `confab-sync run --once` under a pseudo-terminal (`script` from util-linux).
+fn once_on_a_terminal(env: &Env) -> String {
+    let cmdline = format!(
+        "{BIN} run --session-id={} --transcript={} --once",
+        env.id,
+        env.transcript.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &env.home)
+        .env("CONFAB_CONFIG_PATH", &env.config_json)
+        .env("CONFAB_CLAUDE_DIR", &env.claude)
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_shows_progress_and_summary_only_on_a_terminal() {
+    let env = Env::new();
+    std::fs::copy(corpus("session_comprehensive.jsonl"), &env.transcript).unwrap();
+    let tty = once_on_a_terminal(&env);
+    assert!(
+        tty.contains("lines synced") && tty.contains("MB/s"),
+        "summary on a terminal: {tty}"
+    );
+    // Not a terminal: no bars, no summary.
+    std::fs::remove_dir_all(env.archive_dir()).unwrap();
+    let out = env
+        .command()
+        .args(env.run_args())
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("MB/s"), "{err}");
+}
