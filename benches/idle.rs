@@ -171,6 +171,7 @@ fn strace_cycles(pid: u32, d: Duration) -> Option<String> {
 fn many_sessions(w: &World, s: &Server) {
     let template = w.tmp.path().join("template.jsonl");
     build_transcript(&template, 1);
+    let before = s.stats.lines.load(Ordering::Relaxed);
     let mut children = Vec::new();
     for i in 0..SESSIONS {
         let id = format!("idle-many-{i:02}");
@@ -179,7 +180,6 @@ fn many_sessions(w: &World, s: &Server) {
         children.push(c.spawn().unwrap());
     }
     let lines = corpus_lines().iter().filter(|&&b| b == b'\n').count() as u64;
-    let before = s.stats.lines.load(Ordering::Relaxed);
     assert!(
         await_cond(Duration::from_secs(300), || s
             .stats

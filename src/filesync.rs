@@ -232,10 +232,28 @@ fn stat_key(file: &File) -> std::io::Result<(u64, u64, u64, i64)> {
     ))
 }
 
+/// [`stat_key`] of the regular file at `path` itself (a symlink is not followed, as
+/// [`reader::open_regular`] does not follow it); None for anything else.
+fn path_stat_key(path: &std::path::Path) -> Option<(u64, u64, u64, i64)> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.file_type().is_file().then(|| {
+        (
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        )
+    })
+}
+
 /// Syncs one file until nothing is left to send, or until something needs the caller.
 pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
     if t.needs_refresh {
         return Outcome::Refresh;
+    }
+    if t.idle_stat.is_some() && path_stat_key(&t.path) == t.idle_stat {
+        // Unchanged since it was fully synced: one `lstat`, nothing opened.
+        return Outcome::Done;
     }
     let file = match reader::open_regular(&t.path) {
         Ok(Some(f)) => f,
