@@ -127,7 +127,7 @@ fn idle_cycle(w: &World, s: &Server) {
     stop(child);
 }
 
-/// `name×count` per cycle, cycles counted by `clock_nanosleep`/`epoll_wait` wake-ups.
+/// `name×count` per cycle, cycles counted by the state file's rename at each cycle end.
 fn strace_cycles(pid: u32, d: Duration) -> Option<String> {
     let out = std::env::temp_dir().join(format!("confab-idle-strace-{pid}"));
     let mut st = std::process::Command::new("strace")
@@ -154,12 +154,8 @@ fn strace_cycles(pid: u32, d: Duration) -> Option<String> {
             *counts.entry(call.to_string()).or_default() += 1;
         }
     }
-    // One cycle = one pass over the transcript: it opens it exactly once.
-    let opens = text
-        .lines()
-        .filter(|l| l.contains("openat(") && l.contains("idle-cycle.jsonl"))
-        .count()
-        .max(1) as u64;
+    // Every cycle ends by persisting the state (sync-engine §1.6e): one rename per cycle.
+    let opens = counts.get("rename").copied().unwrap_or(0).max(1);
     let mut v: Vec<String> = counts
         .iter()
         .map(|(k, n)| format!("{k}×{:.1}", *n as f64 / opens as f64))
