@@ -7,9 +7,11 @@
 //! - no single line costs more than `hard_limit − 64 KiB`: such a line is replaced by
 //!   [`placeholder`], so every one-line body fits under the hard limit;
 //! - cutting depends only on the bytes from the chunk's first line and the settings, never on
-//!   timing (protocol.md W4 relies on it).
+//!   timing (protocol.md W4 relies on it);
+//! - [`BodyWriter`] produces exactly the bytes of [`encode`] for the same request, so a chunk is
+//!   serialized once, while it is cut, and the size it was budgeted on is the size sent.
 
-use crate::sink::ChunkRequest;
+use crate::sink::{ChunkMetadata, ChunkRequest};
 
 /// Room kept in the hard limit for the envelope and metadata.
 pub const ENVELOPE_RESERVE: usize = 64 * 1024;
@@ -79,6 +81,114 @@ impl Budget {
     pub fn count(&self) -> usize {
         self.count
     }
+
+    /// A cost up to this surely joins (`usize::MAX` for the first line, 0 when full).
+    pub fn room(&self) -> usize {
+        if self.count == 0 {
+            usize::MAX
+        } else if self.count >= self.max_lines {
+            0
+        } else {
+            self.target.saturating_sub(self.used + 1)
+        }
+    }
+}
+
+/// The most a string of `raw_len` bytes can cost once encoded (every byte a `\u00XX`).
+pub fn worst_str_len(raw_len: usize) -> usize {
+    raw_len.saturating_mul(6).saturating_add(2)
+}
+
+/// Builds a chunk body while its lines are chosen: the envelope up to `"lines":[`, each line
+/// encoded once (its cost is the bytes it added), then `]`, the metadata and `}` at [`close`].
+/// Lines can be taken back from the end, also after closing ([`reopen`]).
+///
+/// [`close`]: BodyWriter::close
+/// [`reopen`]: BodyWriter::reopen
+#[derive(Debug)]
+pub struct BodyWriter {
+    buf: Vec<u8>,
+    /// `buf.len()` after each line (its comma included).
+    ends: Vec<usize>,
+    prefix_len: usize,
+    /// Length up to the last line while closed.
+    closed_at: Option<usize>,
+}
+
+impl BodyWriter {
+    /// `req`'s lines and metadata are ignored; `capacity` is a hint for the whole body.
+    pub fn new(req: &ChunkRequest<'_>, capacity: usize) -> BodyWriter {
+        let mut buf = Vec::with_capacity(capacity);
+        let envelope = ChunkRequest {
+            lines: &[],
+            metadata: None,
+            ..req.clone()
+        };
+        serde_json::to_writer(&mut buf, &envelope).expect("chunk request serializes");
+        debug_assert!(buf.ends_with(b"[]}"));
+        buf.truncate(buf.len() - 2);
+        BodyWriter {
+            prefix_len: buf.len(),
+            buf,
+            ends: Vec::new(),
+            closed_at: None,
+        }
+    }
+
+    /// Appends `line` and returns its cost: [`json_str_len`] of it (the comma not included).
+    pub fn push(&mut self, line: &str) -> usize {
+        debug_assert!(self.closed_at.is_none());
+        if !self.ends.is_empty() {
+            self.buf.push(b',');
+        }
+        let start = self.buf.len();
+        serde_json::to_writer(&mut self.buf, line).expect("a string serializes");
+        self.ends.push(self.buf.len());
+        self.buf.len() - start
+    }
+
+    /// Takes the last line back; returns its cost.
+    pub fn pop(&mut self) -> usize {
+        debug_assert!(self.closed_at.is_none());
+        let end = self.ends.pop().expect("a line to pop");
+        let start = match self.ends.last() {
+            Some(&prev) => prev + 1,
+            None => self.prefix_len,
+        };
+        self.buf
+            .truncate(self.ends.last().copied().unwrap_or(self.prefix_len));
+        end - start
+    }
+
+    pub fn lines(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Finishes the body with `metadata`; returns its size.
+    pub fn close(&mut self, metadata: Option<&ChunkMetadata>) -> usize {
+        debug_assert!(self.closed_at.is_none());
+        self.closed_at = Some(self.buf.len());
+        self.buf.push(b']');
+        if let Some(m) = metadata {
+            self.buf.extend_from_slice(b",\"metadata\":");
+            serde_json::to_writer(&mut self.buf, m).expect("metadata serializes");
+        }
+        self.buf.push(b'}');
+        self.buf.len()
+    }
+
+    /// Undoes [`close`](BodyWriter::close).
+    pub fn reopen(&mut self) {
+        if let Some(at) = self.closed_at.take() {
+            self.buf.truncate(at);
+        }
+    }
+
+    /// The body (call [`close`](BodyWriter::close) first).
+    pub fn into_bytes(self) -> Vec<u8> {
+        debug_assert!(self.closed_at.is_some());
+        self.buf
+    }
 }
 
 /// Serializes a chunk request. serde_json cannot fail on these types.
@@ -145,6 +255,69 @@ mod tests {
         assert!(b.try_add(20));
         assert!(b.try_add(29)); // 50 + 20 + 1 + 29 = 100
         assert!(!b.try_add(0));
+    }
+
+    #[test]
+    fn body_writer_matches_encode() {
+        let all: Vec<String> = vec![
+            "a\"b".into(),
+            "{\"x\":1}".into(),
+            "\u{1}\u{1f} é \\".into(),
+            String::new(),
+        ];
+        let meta = ChunkMetadata {
+            summary: "s \"q\"".into(),
+            ..ChunkMetadata::default()
+        };
+        for file_type in [FileType::Transcript, FileType::Agent] {
+            for md in [None, Some(&meta)] {
+                let req = |lines: &[String]| {
+                    encode(&ChunkRequest {
+                        session_id: "s\"1",
+                        file_name: "f.jsonl",
+                        file_type,
+                        first_line: 7,
+                        lines,
+                        metadata: md,
+                    })
+                };
+                let mut w = BodyWriter::new(
+                    &ChunkRequest {
+                        session_id: "s\"1",
+                        file_name: "f.jsonl",
+                        file_type,
+                        first_line: 7,
+                        lines: &[],
+                        metadata: None,
+                    },
+                    16,
+                );
+                for (i, l) in all.iter().enumerate() {
+                    assert_eq!(w.push(l), json_str_len(l));
+                    assert_eq!(w.close(md), req(&all[..=i]).len());
+                    w.reopen();
+                }
+                assert_eq!(w.pop(), json_str_len(&all[3]));
+                assert_eq!(w.pop(), json_str_len(&all[2]));
+                assert_eq!(w.lines(), 2);
+                w.close(md);
+                w.reopen();
+                w.pop();
+                w.close(md);
+                assert_eq!(w.into_bytes(), req(&all[..1]));
+            }
+        }
+    }
+
+    #[test]
+    fn room_is_what_try_add_accepts() {
+        let mut b = Budget::new(100, 50, 3);
+        assert_eq!(b.room(), usize::MAX);
+        assert!(b.try_add(10));
+        assert_eq!(b.room(), 39);
+        assert!(b.try_add(39));
+        assert_eq!(b.room(), 0);
+        assert!(worst_str_len(3) >= json_str_len("\u{1}\u{1}\u{1}"));
     }
 
     #[test]

@@ -215,6 +215,8 @@ pub struct SyncCtx<'a> {
 /// One chunk cut from the file.
 struct Built {
     lines: Vec<String>,
+    /// The request serialized ([`chunker::encode`] of it, byte for byte).
+    json: Vec<u8>,
     end_offset: u64,
     metadata: Option<ChunkMetadata>,
     summaries: Vec<(String, String)>,
@@ -230,10 +232,28 @@ fn stat_key(file: &File) -> std::io::Result<(u64, u64, u64, i64)> {
     ))
 }
 
+/// [`stat_key`] of the regular file at `path` itself (a symlink is not followed, as
+/// [`reader::open_regular`] does not follow it); None for anything else.
+fn path_stat_key(path: &std::path::Path) -> Option<(u64, u64, u64, i64)> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.file_type().is_file().then(|| {
+        (
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        )
+    })
+}
+
 /// Syncs one file until nothing is left to send, or until something needs the caller.
 pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
     if t.needs_refresh {
         return Outcome::Refresh;
+    }
+    if t.idle_stat.is_some() && path_stat_key(&t.path) == t.idle_stat {
+        // Unchanged since it was fully synced: one `lstat`, nothing opened.
+        return Outcome::Done;
     }
     let file = match reader::open_regular(&t.path) {
         Ok(Some(f)) => f,
@@ -312,7 +332,8 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
             lines: &built.lines,
             metadata: built.metadata.as_ref(),
         };
-        let json = chunker::encode(&req);
+        let json = built.json;
+        debug_assert_eq!(json, chunker::encode(&req));
         let expected = req.last_line();
         // Fingerprint the bytes being sent now, not after the response: the file may be rewritten
         // while the chunk is in flight, and the acknowledgement must be recorded regardless.
@@ -424,7 +445,8 @@ fn has_complete_line_after(t: &Tracked, file: &File) -> std::io::Result<bool> {
     Ok(r.skip_lines(1)? == 1)
 }
 
-/// Reads lines from `offset` into one chunk (None when no complete line is there).
+/// Reads lines from `offset` into one chunk (None when no complete line is there). The body is
+/// serialized as the lines are chosen, each line once ([`chunker::BodyWriter`]).
 fn build_chunk(
     t: &mut Tracked,
     ctx: &mut SyncCtx<'_>,
@@ -443,23 +465,32 @@ fn build_chunk(
     let first_line = t.acked + 1;
     let is_transcript = t.file_type == FileType::Transcript;
     let empty_meta = ChunkMetadata::default();
-    let base = chunker::encode(&ChunkRequest {
+    let envelope = ChunkRequest {
         session_id: ctx.session_id,
         file_name: &t.name,
         file_type: t.file_type,
         first_line,
         lines: &[],
         metadata: is_transcript.then_some(&empty_meta),
-    })
-    .len();
+    };
+    let base = chunker::encode(&envelope).len();
     let max_lines = t.max_lines.min((MAX_LINE_NUMBER - t.acked) as usize);
     let mut budget = Budget::new(ctx.chunk_target, base, max_lines);
+    // Enough for the usual chunk and its metadata without reallocating, without reserving the
+    // whole target for a few appended lines.
+    let unread = file.metadata()?.len().saturating_sub(offset) as usize;
+    let capacity = ctx
+        .chunk_target
+        .min(unread.saturating_add(unread / 4))
+        .saturating_add(base + chunker::ENVELOPE_RESERVE);
+    let mut body = chunker::BodyWriter::new(&envelope, capacity);
     let mut collector = is_transcript.then(ChunkMetaCollector::new);
     let mut lines = Vec::new();
+    let mut ends = Vec::new();
     let mut summaries = Vec::new();
-    let mut end_offset = offset;
     while let Some(line) = r.next_line()? {
         let line_no = first_line + lines.len() as u64;
+        // `raw`: the line as read, for metadata; None for a placeholder.
         let (text, raw) = match line {
             Line::Oversized {
                 original_bytes,
@@ -476,21 +507,40 @@ fn build_chunk(
             Line::Text { text, .. } => {
                 discovery::extract_agent_ids(&text, ctx.agent_ids);
                 let redacted = match ctx.redactor.map(|r| r.redact_line(&text)) {
-                    Some(std::borrow::Cow::Owned(s)) => s,
-                    _ => text.clone(),
+                    Some(std::borrow::Cow::Owned(s)) => Some(s),
+                    _ => None,
                 };
-                if chunker::json_str_len(&redacted) > max_cost {
+                let sent = redacted.as_deref().unwrap_or(&text);
+                if chunker::worst_str_len(sent.len()) > max_cost
+                    && chunker::json_str_len(sent) > max_cost
+                {
                     tracing::warn!(file = %t.name, line = line_no, bytes = text.len(), "line too large once encoded; sending a placeholder");
                     (placeholder_of(&text), None)
                 } else {
-                    (redacted, Some(text))
+                    match redacted {
+                        Some(s) => (s, Some(Raw::Other(text))),
+                        None => (text, Some(Raw::Same)),
+                    }
                 }
             }
         };
-        if !budget.try_add(chunker::json_str_len(&text)) {
-            break;
+        // Encode right away when the line surely fits; otherwise measure it first, so a line
+        // that ends the chunk is never encoded.
+        if chunker::worst_str_len(text.len()) <= budget.room() {
+            let cost = body.push(&text);
+            let joined = budget.try_add(cost);
+            debug_assert!(joined);
+        } else {
+            if !budget.try_add(chunker::json_str_len(&text)) {
+                break;
+            }
+            body.push(&text);
         }
         if let Some(raw) = &raw {
+            let raw = match raw {
+                Raw::Same => text.as_str(),
+                Raw::Other(s) => s.as_str(),
+            };
             if let Some(c) = collector.as_mut() {
                 c.observe(raw, &text);
             }
@@ -501,21 +551,28 @@ fn build_chunk(
             }
         }
         lines.push(text);
-        end_offset = r.offset();
+        ends.push(r.offset());
     }
     t.pending_bytes = r.pending_bytes();
     if lines.is_empty() {
         return Ok(None);
     }
     let metadata = collector.map(|c| c.finish(ctx.redactor, ctx.repos));
-    let mut built = Built {
+    let size = body.close(metadata.as_ref());
+    trim_to_limit(ctx, &mut body, &mut lines, size, metadata.as_ref());
+    Ok(Some(Built {
+        end_offset: ends[lines.len() - 1],
         lines,
-        end_offset,
+        json: body.into_bytes(),
         metadata,
         summaries,
-    };
-    trim_to_limit(t, ctx, &mut built, first_line, file)?;
-    Ok(Some(built))
+    }))
+}
+
+/// The line as read, when it differs from what is sent.
+enum Raw {
+    Same,
+    Other(String),
 }
 
 fn placeholder_of(text: &str) -> String {
@@ -527,38 +584,24 @@ fn placeholder_of(text: &str) -> String {
 }
 
 /// Drops trailing lines while the serialized body is over the target (metadata can push it
-/// over); a one-line chunk always fits under the hard limit by construction.
+/// over); a one-line chunk always fits under the hard limit by construction. The metadata stays
+/// what the read lines gave.
 fn trim_to_limit(
-    t: &Tracked,
     ctx: &SyncCtx<'_>,
-    built: &mut Built,
-    first_line: u64,
-    file: &File,
-) -> std::io::Result<()> {
-    let size = |b: &Built| {
-        chunker::encode(&ChunkRequest {
-            session_id: ctx.session_id,
-            file_name: &t.name,
-            file_type: t.file_type,
-            first_line,
-            lines: &b.lines,
-            metadata: b.metadata.as_ref(),
-        })
-        .len()
-    };
+    body: &mut chunker::BodyWriter,
+    lines: &mut Vec<String>,
+    size: usize,
+    metadata: Option<&ChunkMetadata>,
+) {
     let limit = ctx.chunk_target.min(ctx.hard_limit);
-    let mut over = size(built).saturating_sub(limit);
-    if over == 0 || built.lines.len() == 1 {
-        return Ok(());
+    let mut over = size.saturating_sub(limit);
+    if over == 0 || lines.len() == 1 {
+        return;
     }
-    while over > 0 && built.lines.len() > 1 {
-        let dropped = built.lines.pop().expect("more than one line");
-        over = over.saturating_sub(chunker::json_str_len(&dropped) + 1);
+    body.reopen();
+    while over > 0 && lines.len() > 1 {
+        lines.pop();
+        over = over.saturating_sub(body.pop() + 1);
     }
-    // Recompute the end offset for the kept lines by reading them again.
-    let start = t.cursor.as_ref().map_or(0, |c| c.offset);
-    let mut r = LineReader::new(file.try_clone()?, start, usize::MAX, &t.counters.bytes_read)?;
-    r.skip_lines(built.lines.len() as u64)?;
-    built.end_offset = r.offset();
-    Ok(())
+    body.close(metadata);
 }
