@@ -305,3 +305,22 @@ async fn once_shows_progress_and_summary_only_on_a_terminal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("MB/s"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x5_pending_fragment_at_shutdown_is_logged_not_sent() {
+    let fake = Fake::start().await;
+    let env = Env::with_backend(&fake.url());
+    env.write_transcript(&lines(0..1));
+    append(&env.transcript, "{\"half\":");
+    let child = env.spawn(&[]);
+    assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
+    signal(&child, Signal::SIGTERM);
+    let (status, err) = wait_exit(child, T).await;
+    assert!(status.success(), "{err}");
+    assert_eq!(fake.position(&env.id, NAME), 1);
+    assert!(
+        err.contains("8 bytes after the last complete line were not sent"),
+        "{err}"
+    );
+    fake.assert_no_violations();
+}
