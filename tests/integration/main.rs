@@ -8,4 +8,5 @@ mod daemon;
 mod engine;
 mod fake_selftest;
 mod harness;
+mod security;
 mod support;
