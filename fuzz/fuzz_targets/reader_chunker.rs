@@ -7,6 +7,8 @@
 //!   replaced, lines over `max_raw` are `Oversized` with the exact length and SHA-256;
 //! - consumed bytes add up to the reader's offset; the unterminated rest is `pending_bytes`;
 //! - `skip_lines(n)` lands where n `next_line` calls would;
+//! - the fingerprint at the final offset matches the file, and a flipped byte before the offset
+//!   or a truncation below it is reported as the right `Mismatch` (H3);
 //! - `json_str_len` equals serde_json's length, and a budgeted chunk's real encoded body is
 //!   `base + Σcost + commas`, within the target unless it holds one line, greedy, and ≤ max_lines.
 #![no_main]
@@ -19,7 +21,7 @@ use std::io::Write;
 use std::sync::atomic::AtomicU64;
 
 use confab_sync::chunker::{encode, json_str_len, placeholder, Budget};
-use confab_sync::reader::{Line, LineReader};
+use confab_sync::reader::{check_identity, fingerprint, Line, LineReader, Mismatch};
 use confab_sync::sink::{ChunkRequest, FileType};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
@@ -129,6 +131,50 @@ fn check_chunks(lines: &[String], target_extra: usize, max_lines: usize) {
     }
 }
 
+/// H3: the cursor's fingerprint matches the unchanged file, and a rewrite of a byte before the
+/// offset (same inode, same size) or a truncation below it is caught.
+fn check_fingerprints(path: &std::path::Path, content: &[u8], offset: u64) {
+    let counter = AtomicU64::new(0);
+    let file = File::open(path).unwrap();
+    let fp = fingerprint(&file, offset, &counter).unwrap();
+    assert_eq!(fp.head_len, offset.min(1024));
+    assert_eq!(
+        check_identity(&file, offset, &fp, &counter).unwrap(),
+        Ok(())
+    );
+    if offset == 0 {
+        return;
+    }
+    let mut changed = content.to_vec();
+    changed[0] ^= 0x01;
+    std::fs::write(path, &changed).unwrap();
+    assert_eq!(
+        check_identity(&file, offset, &fp, &counter).unwrap(),
+        Err(Mismatch::HeadChanged)
+    );
+    let last = offset as usize - 1;
+    changed[0] ^= 0x01;
+    changed[last] ^= 0x01;
+    std::fs::write(path, &changed).unwrap();
+    let expected = if offset <= 1024 {
+        Mismatch::HeadChanged
+    } else {
+        Mismatch::TailChanged
+    };
+    assert_eq!(
+        check_identity(&file, offset, &fp, &counter).unwrap(),
+        Err(expected)
+    );
+    std::fs::write(path, &content[..last]).unwrap();
+    assert_eq!(
+        check_identity(&file, offset, &fp, &counter).unwrap(),
+        Err(Mismatch::Truncated {
+            size: last as u64,
+            offset
+        })
+    );
+}
+
 fuzz_target!(|data: &[u8]| {
     let (p, content) = common::params::<8>(data);
     let split = usize::from(p[3]) * content.len() / 255;
@@ -182,6 +228,8 @@ fuzz_target!(|data: &[u8]| {
         skipper.next_line().unwrap(),
         all.get(skipped as usize).cloned()
     );
+
+    check_fingerprints(&path, content, reader.offset());
 
     let texts: Vec<String> = all.iter().map(line_text).collect();
     check_chunks(&texts, target_extra, max_lines);
