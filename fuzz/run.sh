@@ -8,6 +8,10 @@
 #                          overflow checks (on in both) are what fail; AddressSanitizer works but
 #                          makes the from-scratch build ~2 min longer on the 2-core machine.
 #   CONFAB_FUZZ_TARGETS    space-separated subset (default: every target `cargo fuzz list` shows)
+#   CONFAB_FUZZ_TARGET_DIR build directory (default: $CARGO_TARGET_DIR, else
+#                          ~/.cache/confab-sync/fuzz-target). Kept outside the checkout so a run from
+#                          a fresh clone on the same machine (CI) rebuilds only confab-sync and the
+#                          targets (~1 min) instead of the instrumented dependency tree (~4 min).
 #
 # Only stable Rust is needed: cargo-fuzz asks for nightly flags (-Zsanitizer), which stable rustc
 # accepts under RUSTC_BOOTSTRAP=1. cargo-fuzz is installed from crates.io when missing.
@@ -26,6 +30,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version '^0.13' >&2
   echo "fuzz: cargo-fuzz installed in $(( $(date +%s) - start )) s" >&2
 fi
+
+export CARGO_TARGET_DIR="${CONFAB_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/confab-sync/fuzz-target}}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/confab-fuzz.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
