@@ -11,5 +11,6 @@ mod fake_selftest;
 mod faults;
 mod harness;
 mod hooks;
+mod security;
 mod support;
 mod systemd;
