@@ -71,6 +71,25 @@ pub struct HttpSink {
     cancel: CancellationToken,
 }
 
+impl HttpSink {
+    /// `bytes` with every occurrence of the API key replaced by `<api key>`.
+    fn hide_key(&self, bytes: Vec<u8>) -> Vec<u8> {
+        let key = &self.auth.as_bytes()["Bearer ".len()..];
+        if key.is_empty() || memchr::memmem::find(&bytes, key).is_none() {
+            return bytes;
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut rest = &bytes[..];
+        while let Some(i) = memchr::memmem::find(rest, key) {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(b"<api key>");
+            rest = &rest[i + key.len()..];
+        }
+        out.extend_from_slice(rest);
+        out
+    }
+}
+
 /// Never shows the key.
 impl fmt::Debug for HttpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -197,8 +216,10 @@ impl HttpSink {
                 return Ok(None);
             }
             let retry_after = header_str(&resp, RETRY_AFTER);
-            let location = header_str(&resp, LOCATION);
-            let body = read_limited(resp).await?;
+            // A server (or proxy) that echoes the key must not get it into our logs or errors.
+            let location = header_str(&resp, LOCATION).map(|l| self.hide_key(l.into_bytes()));
+            let location = location.map(|l| String::from_utf8_lossy(&l).into_owned());
+            let body = self.hide_key(read_limited(resp).await?);
             tracing::debug!("{method} {path} -> {status} body={}", snippet(&body));
             if status.is_success() {
                 return Ok(Some(body));
