@@ -27,11 +27,23 @@ fn append_latency(w: &World, stats: &Stats) {
     build_transcript(&w.transcript(id), 1);
     let mut lines = corpus_lines().iter().filter(|&&b| b == b'\n').count() as u64;
     let mut child = w.command(id).spawn().unwrap();
+    // Other sessions (the hook runs) also upload to this backend: count only this file.
+    let name = w
+        .transcript(id)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let reached = |n: u64| {
+        stats
+            .arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(f, last, _)| *f == name && *last >= n)
+    };
     assert!(
-        await_cond(Duration::from_secs(120), || stats
-            .lines
-            .load(Ordering::Relaxed)
-            >= lines),
+        await_cond(Duration::from_secs(120), || reached(lines)),
         "no catch-up"
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -62,10 +74,7 @@ fn append_latency(w: &World, stats: &Stats) {
         written.push((lines, Instant::now()));
     }
     assert!(
-        await_cond(Duration::from_secs(60), || stats
-            .lines
-            .load(Ordering::Relaxed)
-            >= lines),
+        await_cond(Duration::from_secs(60), || reached(lines)),
         "appended lines never arrived"
     );
     let elapsed = start.elapsed();
@@ -76,7 +85,7 @@ fn append_latency(w: &World, stats: &Stats) {
         .map(|&(n, at)| {
             let got = arrivals
                 .iter()
-                .filter(|(_, last, _)| *last >= n)
+                .filter(|(f, last, _)| *f == name && *last >= n)
                 .map(|(_, _, t)| *t)
                 .min()
                 .expect("line arrived");
@@ -181,14 +190,18 @@ fn hook(w: &World) {
         let _ = child.wait();
         times.push(t0.elapsed());
         // Stop the daemon the hook started (its pid is in the state file).
+        // The hook writes pid 0; the daemon then records its own: wait for that one.
         let state = w.home.join(format!(".confab/sync/{id}.json"));
-        await_cond(Duration::from_secs(2), || state.exists());
-        if let Ok(v) =
+        let pid = || {
             serde_json::from_slice::<serde_json::Value>(&std::fs::read(&state).unwrap_or_default())
-        {
-            if let Some(pid) = v["pid"].as_u64().filter(|&p| p > 0) {
-                sigterm(pid as u32);
-            }
+                .ok()
+                .and_then(|v| v["pid"].as_u64())
+                .filter(|&p| p > 0)
+        };
+        await_cond(Duration::from_secs(2), || pid().is_some());
+        if let Some(p) = pid() {
+            sigterm(p as u32);
+            await_cond(Duration::from_secs(5), || !state.exists());
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
