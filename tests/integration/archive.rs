@@ -18,19 +18,8 @@ fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-fn archived(env: &Env, dir: &std::path::Path, file: &str) -> Vec<u8> {
-    let _ = env;
+fn archived(dir: &std::path::Path, file: &str) -> Vec<u8> {
     std::fs::read(dir.join(file)).unwrap_or_default()
-}
-
-/// The source's complete lines, CRLF turned into LF, as the archive must hold them.
-fn expected_bytes(path: &std::path::Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for l in complete_lines(path) {
-        out.extend_from_slice(l.as_bytes());
-        out.push(b'\n');
-    }
-    out
 }
 
 fn wait_child(child: &mut Child) -> std::process::ExitStatus {
@@ -66,10 +55,13 @@ async fn l1_no_config_archives_transcript_and_agents_with_crlf_to_lf() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dir = env.archive_dir();
-    assert_eq!(archived(&env, &dir, NAME), expected_bytes(&env.transcript));
     assert_eq!(
-        archived(&env, &dir, "agent-abcdef12.jsonl"),
-        expected_bytes(&env.agent_path("abcdef12"))
+        archived(&dir, NAME),
+        expected_archive_bytes(&env.transcript)
+    );
+    assert_eq!(
+        archived(&dir, "agent-abcdef12.jsonl"),
+        expected_archive_bytes(&env.agent_path("abcdef12"))
     );
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join(NAME)), 0o600);
@@ -94,7 +86,7 @@ async fn l2_file_url_and_xdg_data_home_choose_the_root() {
     );
     assert_eq!(
         std::fs::read(root.join(&env.id).join(NAME)).unwrap(),
-        expected_bytes(&env.transcript)
+        expected_archive_bytes(&env.transcript)
     );
 
     std::fs::remove_file(&env.config_json).unwrap();
@@ -109,7 +101,7 @@ async fn l2_file_url_and_xdg_data_home_choose_the_root() {
     assert!(out.status.success());
     assert_eq!(
         std::fs::read(xdg.join("confab-sync/archive").join(&env.id).join(NAME)).unwrap(),
-        expected_bytes(&env.transcript)
+        expected_archive_bytes(&env.transcript)
     );
 }
 
@@ -148,7 +140,7 @@ async fn l3_kill_9_rounds_while_appending_then_exact() {
     );
     assert_eq!(
         std::fs::read(&archived_file).unwrap(),
-        expected_bytes(&env.transcript)
+        expected_archive_bytes(&env.transcript)
     );
 }
 
@@ -193,7 +185,7 @@ async fn l5_switching_archive_to_backend_and_back() {
     let d = env.start();
     assert!(
         eventually(T, || std::fs::read(env.archive_dir().join(NAME))
-            .is_ok_and(|b| b == expected_bytes(&env.transcript)))
+            .is_ok_and(|b| b == expected_archive_bytes(&env.transcript)))
         .await
     );
     env.write_config(&fake.url(), crate::support::fake::API_KEY);
@@ -216,7 +208,7 @@ async fn l5_switching_archive_to_backend_and_back() {
     append(&env.transcript, &(line(4) + "\n"));
     assert!(
         eventually(T, || std::fs::read(env.archive_dir().join(NAME))
-            .is_ok_and(|b| b == expected_bytes(&env.transcript)))
+            .is_ok_and(|b| b == expected_archive_bytes(&env.transcript)))
         .await
     );
     d.stop_within(T).await;
@@ -231,7 +223,7 @@ async fn l6_unwritable_archive_then_writable_again_is_exact() {
     let file = env.archive_dir().join(NAME);
     assert!(
         eventually(T, || std::fs::read(&file)
-            .is_ok_and(|b| b == expected_bytes(&env.transcript)))
+            .is_ok_and(|b| b == expected_archive_bytes(&env.transcript)))
         .await
     );
     // Root ignores permissions: make the archived file's path unusable by putting a directory there.
@@ -251,7 +243,7 @@ async fn l6_unwritable_archive_then_writable_again_is_exact() {
     append(&env.transcript, &(line(3) + "\n"));
     assert!(
         eventually(T, || std::fs::read(&file)
-            .is_ok_and(|b| b == expected_bytes(&env.transcript)))
+            .is_ok_and(|b| b == expected_archive_bytes(&env.transcript)))
         .await
     );
     d.stop_within(T).await;
