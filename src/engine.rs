@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::ArchiveSink;
 use crate::backend::HttpSink;
+use crate::checkpoint::Checkpointer;
 use crate::config::{self, SinkChoice, Tuning};
 use crate::discovery;
 use crate::filesync::{self, FileCounters, Outcome, Status, SyncCtx, Tracked};
@@ -27,7 +28,7 @@ use crate::metadata::{self, RepoUrlCache};
 use crate::paths::Paths;
 use crate::redact::Redactor;
 use crate::sink::{EventRequest, FileType, InitMetadata, InitRequest, Sink, SinkError, PROVIDER};
-use crate::state::{self, FileEntry, State};
+use crate::state::{FileEntry, State};
 use crate::summary_link;
 
 /// Payloads over this are cut to the six hook keys (protocol.md §3.3).
@@ -110,7 +111,7 @@ pub struct Engine {
     paths: Paths,
     tuning: Tuning,
     cancel: CancellationToken,
-    state_path: PathBuf,
+    checkpoints: Checkpointer,
     pub state: State,
     persist: bool,
     sink: Option<Box<dyn Sink>>,
@@ -128,8 +129,9 @@ pub struct Engine {
     counters: Arc<ReadCounters>,
     pub init_succeeded: bool,
     last_config_error: Option<String>,
-    /// The heap holds freed buffers from an init or sent chunks: give them back at cycle end.
-    trim_pending: bool,
+    /// An init or sent chunks left freed buffers and touched code: give them back at cycle end
+    /// (a cycle ends when nothing is left to send). Idle cycles skip it.
+    release_pending: bool,
 }
 
 impl Engine {
@@ -159,7 +161,7 @@ impl Engine {
             ),
         );
         Engine {
-            state_path: paths.state_file(&session.external_id),
+            checkpoints: Checkpointer::new(paths.state_file(&session.external_id)),
             disk_entries: Some(state.confab_sync.files.clone()),
             session,
             paths,
@@ -180,7 +182,7 @@ impl Engine {
             counters,
             init_succeeded: false,
             last_config_error: None,
-            trim_pending: false,
+            release_pending: false,
         }
     }
 
@@ -325,7 +327,7 @@ impl Engine {
         tracing::Span::current().record("backend_session", resp.session_id.as_str());
         self.session_id = Some(resp.session_id.clone());
         self.init_succeeded = true;
-        self.trim_pending = true;
+        self.release_pending = true;
         self.state.confab_session_id = Some(resp.session_id);
         self.state.confab_sync.backend_url = Some(identity);
         let mut named = BTreeSet::new();
@@ -382,7 +384,7 @@ impl Engine {
             .values()
             .map(|t| (t.name.clone(), t.entry()))
             .collect();
-        write_state(&self.state_path, &self.state);
+        self.checkpoints.write_now(self.state.clone());
     }
 
     /// One sync cycle: lazy init, then every file until nothing is left to send.
@@ -472,7 +474,7 @@ impl Engine {
                     repos,
                     known_ids,
                     state,
-                    state_path,
+                    checkpoints,
                     persist,
                     tuning,
                     session_id,
@@ -488,9 +490,9 @@ impl Engine {
                     *acked += 1;
                     if *persist {
                         state.confab_sync.files.insert(t.name.clone(), t.entry());
-                        write_state(state_path, state);
+                        checkpoints.submit(state.clone());
                     }
-                    fault_after_ack();
+                    fault_after_ack(checkpoints);
                 };
                 let mut ctx = SyncCtx {
                     sink,
@@ -576,8 +578,8 @@ impl Engine {
         }
         self.state.confab_sync.last_error = report.error.clone();
         self.save_state();
-        if std::mem::take(&mut self.trim_pending) || report.acked_chunks > 0 {
-            release_free_memory();
+        if std::mem::take(&mut self.release_pending) || report.acked_chunks > 0 {
+            crate::memory::release_idle_memory();
         }
     }
 
@@ -607,35 +609,11 @@ impl Engine {
     }
 }
 
-/// Writes the checkpoint unless another process has taken the state over (H31): a state naming
-/// another pid is left alone, so neither our writes nor our shutdown clobber it.
-fn write_state(path: &std::path::Path, st: &State) {
-    if let Ok(Some(disk)) = state::load(path) {
-        if disk.pid != st.pid && disk.pid != 0 {
-            tracing::debug!("state file now names pid {}; not overwriting it", disk.pid);
-            return;
-        }
-    }
-    if let Err(e) = state::save(path, st) {
-        tracing::warn!("cannot write the state file {}: {e}", path.display());
-    }
-}
-
-/// Returns freed heap memory to the system. A catch-up frees megabytes of chunk buffers that
-/// glibc would otherwise keep (its trim threshold grows with the largest freed block), so an idle
-/// daemon would stay at its peak. Only after cycles that sent something: idle cycles skip it.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and releases glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Test-only fault: panic right after a checkpoint, to prove the state survives a crash (H32).
-fn fault_after_ack() {
+fn fault_after_ack(_checkpoints: &Checkpointer) {
     #[cfg(feature = "test-faults")]
     if std::env::var("CONFAB_SYNC_FAULT").as_deref() == Ok("panic-after-ack") {
+        _checkpoints.flush();
         panic!("injected fault: panic after ack");
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod backend;
+pub mod checkpoint;
 pub mod chunker;
 pub mod config;
 pub mod daemon;
@@ -26,6 +27,7 @@ pub mod install;
 pub mod liveness;
 pub mod lock;
 pub mod logging;
+pub mod memory;
 pub mod metadata;
 pub mod paths;
 pub mod progress;

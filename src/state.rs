@@ -174,13 +174,21 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 fn write_tmp_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+    };
     // A leftover tmp of ours might carry a wider mode; never reuse it.
-    let _ = std::fs::remove_file(tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)?;
+    let mut f = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(tmp)?;
+            create()?
+        }
+        other => other?,
+    };
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
