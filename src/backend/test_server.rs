@@ -81,28 +81,21 @@ where
     Server { addr, log }
 }
 
-pub(super) fn json(status: u16, body: &str) -> Response {
+fn respond(status: u16, content_type: &'static str, body: &str) -> Response {
     (
         AxStatus::from_u16(status).unwrap(),
-        [(
-            AxHeaderName::from_static("content-type"),
-            "application/json",
-        )],
+        [(AxHeaderName::from_static("content-type"), content_type)],
         body.to_string(),
     )
         .into_response()
 }
 
+pub(super) fn json(status: u16, body: &str) -> Response {
+    respond(status, "application/json", body)
+}
+
 pub(super) fn text(status: u16, body: &str) -> Response {
-    (
-        AxStatus::from_u16(status).unwrap(),
-        [(
-            AxHeaderName::from_static("content-type"),
-            "text/plain; charset=utf-8",
-        )],
-        body.to_string(),
-    )
-        .into_response()
+    respond(status, "text/plain; charset=utf-8", body)
 }
 
 pub(super) fn with_header(mut r: Response, name: &'static str, value: &str) -> Response {
