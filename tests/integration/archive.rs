@@ -108,15 +108,7 @@ async fn l4_sigterm_with_session_end_writes_one_event_and_session_json() {
     env.write_transcript(&lines(0..2));
     let mut child = env.spawn(&[]);
     assert!(eventually(T, || env.archive_dir().join(NAME).exists()).await);
-    let hook = serde_json::json!({"session_id": env.id, "transcript_path": env.transcript, "cwd": "/w",
-        "permission_mode": "default", "hook_event_name": "SessionEnd", "reason": "exit"});
-    append(
-        &env.inbox_path(),
-        &format!(
-            "{}\n",
-            serde_json::json!({"type":"session_end","timestamp":"2026-03-28T09:08:15Z","hook_input":hook})
-        ),
-    );
+    env.queue_session_end();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     assert!(wait_child(&mut child, T).await.success());
     let events = std::fs::read_to_string(env.archive_dir().join("events.jsonl")).unwrap();

@@ -214,12 +214,7 @@ async fn once_uploads_a_real_transcript_byte_exact_to_backend_and_archive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_with_a_missing_transcript_fails_with_one_line() {
     let env = Env::new();
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
+    let out = env.run_once_output();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -196,20 +196,37 @@ impl Env {
             .unwrap()
     }
 
-    /// Runs `confab-sync run --once` to the end and asserts it succeeded (stderr in the message).
-    pub fn run_once(&self) -> Output {
-        let out = self
-            .command()
+    /// Runs `confab-sync run --once` to the end, whatever its exit.
+    pub fn run_once_output(&self) -> Output {
+        self.command()
             .args(self.run_args())
             .arg("--once")
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs `confab-sync run --once` to the end and asserts it succeeded (stderr in the message).
+    pub fn run_once(&self) -> Output {
+        let out = self.run_once_output();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// Queues a SessionEnd hook (reason `exit`) in the inbox, as the hook command does.
+    pub fn queue_session_end(&self) {
+        let hook = serde_json::json!({"session_id": self.id, "transcript_path": self.transcript, "cwd": "/w",
+            "permission_mode": "default", "hook_event_name": "SessionEnd", "reason": "exit"});
+        append(
+            &self.inbox_path(),
+            &format!(
+                "{}\n",
+                serde_json::json!({"type":"session_end","timestamp":"2026-03-28T09:08:15Z","hook_input":hook})
+            ),
+        );
     }
 
     /// Writes `~/.config/confab-sync/config.toml`.
