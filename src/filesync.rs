@@ -409,6 +409,16 @@ fn local_error(t: &mut Tracked, msg: String) -> Outcome {
     Outcome::Failed(SinkError::Local(msg))
 }
 
+/// Reads `file` (through its own descriptor) from `offset`, counting into the file's counters.
+fn line_reader<'c>(
+    file: &File,
+    offset: u64,
+    max_raw: usize,
+    counters: &'c FileCounters,
+) -> std::io::Result<LineReader<'c>> {
+    LineReader::new(file.try_clone()?, offset, max_raw, &counters.bytes_read)
+}
+
 /// Moves the cursor to the end of line `acked`, scanning by line count from the cursor (or from
 /// the start). `Ok(false)` when the file has fewer complete lines than the sink holds.
 fn position_at_acked(t: &mut Tracked, file: &File) -> std::io::Result<bool> {
@@ -416,12 +426,7 @@ fn position_at_acked(t: &mut Tracked, file: &File) -> std::io::Result<bool> {
     if line == t.acked {
         return Ok(true);
     }
-    let mut r = LineReader::new(
-        file.try_clone()?,
-        offset,
-        usize::MAX,
-        &t.counters.bytes_read,
-    )?;
+    let mut r = line_reader(file, offset, usize::MAX, &t.counters)?;
     let skipped = r.skip_lines(t.acked - line)?;
     let new_offset = r.offset();
     t.pending_bytes = r.pending_bytes();
@@ -436,12 +441,7 @@ fn position_at_acked(t: &mut Tracked, file: &File) -> std::io::Result<bool> {
 
 fn has_complete_line_after(t: &Tracked, file: &File) -> std::io::Result<bool> {
     let offset = t.cursor.as_ref().map_or(0, |c| c.offset);
-    let mut r = LineReader::new(
-        file.try_clone()?,
-        offset,
-        usize::MAX,
-        &t.counters.bytes_read,
-    )?;
+    let mut r = line_reader(file, offset, usize::MAX, &t.counters)?;
     Ok(r.skip_lines(1)? == 1)
 }
 
@@ -456,12 +456,7 @@ fn build_chunk(
 ) -> std::io::Result<Option<Built>> {
     let hard = ctx.hard_limit;
     let max_cost = chunker::max_line_cost(hard);
-    let mut r = LineReader::new(
-        file.try_clone()?,
-        offset,
-        chunker::max_raw_line(hard),
-        &t.counters.bytes_read,
-    )?;
+    let mut r = line_reader(file, offset, chunker::max_raw_line(hard), &t.counters)?;
     let first_line = t.acked + 1;
     let is_transcript = t.file_type == FileType::Transcript;
     let empty_meta = ChunkMetadata::default();

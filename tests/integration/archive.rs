@@ -1,7 +1,6 @@
 //! Acceptance section L: the embedded local archive, end to end.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Child;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -22,17 +21,6 @@ fn archived(dir: &std::path::Path, file: &str) -> Vec<u8> {
     std::fs::read(dir.join(file)).unwrap_or_default()
 }
 
-fn wait_child(child: &mut Child) -> std::process::ExitStatus {
-    for _ in 0..1000 {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    panic!("child did not exit");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_no_config_archives_transcript_and_agents_with_crlf_to_lf() {
     let env = Env::new();
@@ -43,17 +31,7 @@ async fn l1_no_config_archives_transcript_and_agents_with_crlf_to_lf() {
     .unwrap();
     append(&env.transcript, "{\"crlf\":1}\r\n{\"crlf\":2}\r\n");
     env.write_agent("abcdef12", &lines(0..3));
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_once();
     let dir = env.archive_dir();
     assert_eq!(
         archived(&dir, NAME),
@@ -73,17 +51,7 @@ async fn l2_file_url_and_xdg_data_home_choose_the_root() {
     env.write_transcript(&lines(0..4));
     let root = env.tmp.path().join("x/arch");
     env.write_config_json(serde_json::json!({"backend_url": format!("file://{}", root.display())}));
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_once();
     assert_eq!(
         std::fs::read(root.join(&env.id).join(NAME)).unwrap(),
         expected_archive_bytes(&env.transcript)
@@ -120,24 +88,14 @@ async fn l3_kill_9_rounds_while_appending_then_exact() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..40))).await;
         }
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-        wait_child(&mut child);
+        wait_child(&mut child, T).await;
     }
     // A torn tail planted in the archive (half a line, no newline) is cut off at init.
     let archived_file = env.archive_dir().join(NAME);
     if archived_file.exists() {
         append(&archived_file, "{\"torn\":");
     }
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_once();
     assert_eq!(
         std::fs::read(&archived_file).unwrap(),
         expected_archive_bytes(&env.transcript)
@@ -150,17 +108,9 @@ async fn l4_sigterm_with_session_end_writes_one_event_and_session_json() {
     env.write_transcript(&lines(0..2));
     let mut child = env.spawn(&[]);
     assert!(eventually(T, || env.archive_dir().join(NAME).exists()).await);
-    let hook = serde_json::json!({"session_id": env.id, "transcript_path": env.transcript, "cwd": "/w",
-        "permission_mode": "default", "hook_event_name": "SessionEnd", "reason": "exit"});
-    append(
-        &env.inbox_path(),
-        &format!(
-            "{}\n",
-            serde_json::json!({"type":"session_end","timestamp":"2026-03-28T09:08:15Z","hook_input":hook})
-        ),
-    );
+    env.queue_session_end();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(wait_child(&mut child).success());
+    assert!(wait_child(&mut child, T).await.success());
     let events = std::fs::read_to_string(env.archive_dir().join("events.jsonl")).unwrap();
     assert_eq!(events.lines().count(), 1);
     let ev: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();

@@ -479,15 +479,7 @@ async fn x31_line_number_limit_parks_without_crossing() {
 async fn x34_init_once_at_shutdown_when_it_never_succeeded() {
     let (fake, env) = setup(2).await;
     fake.fault(Route::Any, Fault::Status503, Times::Always);
-    let hook = serde_json::json!({"session_id": env.id, "transcript_path": env.transcript, "cwd": "/w",
-        "permission_mode": "default", "hook_event_name": "SessionEnd", "reason": "exit"});
-    append(
-        &env.inbox_path(),
-        &format!(
-            "{}\n",
-            serde_json::json!({"type":"session_end","timestamp":"2026-03-28T09:08:15Z","hook_input":hook})
-        ),
-    );
+    env.queue_session_end();
     let d = env.start();
     assert!(
         fake.wait_until(T, |f| f.statuses(Route::Init).contains(&503))

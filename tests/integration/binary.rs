@@ -1,5 +1,6 @@
 //! The real `confab-sync run` binary: signals, exit codes, the lock, crashes and restarts.
 
+use std::io::Read;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -18,25 +19,15 @@ fn signal(child: &Child, sig: Signal) {
 
 /// Waits for the child to exit (bounded), returning its status and stderr.
 async fn wait_exit(mut child: Child, within: Duration) -> (std::process::ExitStatus, String) {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status, err);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            panic!("process did not exit within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let status = wait_child(&mut child, within).await;
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,13 +128,7 @@ async fn x16_once_while_locked_sends_nothing() {
     let daemon = env.spawn(&[]);
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 2).await);
     let before = fake.request_count();
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = env.run_once();
     assert!(String::from_utf8_lossy(&out.stderr).contains("already being synced"));
     signal(&daemon, Signal::SIGTERM);
     let _ = wait_exit(daemon, T).await;
@@ -200,17 +185,7 @@ async fn once_uploads_a_real_transcript_byte_exact_to_backend_and_archive() {
         )
         .unwrap();
     }
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_once();
     assert_eq!(fake.lines(&env.id, NAME), complete_lines(&env.transcript));
     for a in ["a2898e3", "acompact-e1f845"] {
         assert_eq!(
@@ -222,17 +197,7 @@ async fn once_uploads_a_real_transcript_byte_exact_to_backend_and_archive() {
 
     // Same with no config at all: the embedded local archive.
     std::fs::remove_file(&env.config_json).unwrap();
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_once();
     assert_eq!(
         std::fs::read(env.archive_dir().join(NAME)).unwrap(),
         std::fs::read(&env.transcript).unwrap()
@@ -249,12 +214,7 @@ async fn once_uploads_a_real_transcript_byte_exact_to_backend_and_archive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_with_a_missing_transcript_fails_with_one_line() {
     let env = Env::new();
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
+    let out = env.run_once_output();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -295,13 +255,7 @@ async fn once_shows_progress_and_summary_only_on_a_terminal() {
     );
     // Not a terminal: no bars, no summary.
     std::fs::remove_dir_all(env.archive_dir()).unwrap();
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = env.run_once();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("MB/s"), "{err}");
 }

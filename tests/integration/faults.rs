@@ -1054,12 +1054,7 @@ async fn read_only_state_dir_keeps_syncing_then_checkpoints_resume() {
     // A second daemon cannot even open its lock file on a read-only directory: it says so in one
     // line and exits non-zero (a service manager may retry), without uploading anything.
     let requests = fake.request_count();
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
+    let out = env.run_once_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let last = err.trim().lines().last().unwrap_or_default();

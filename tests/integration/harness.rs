@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,6 +196,39 @@ impl Env {
             .unwrap()
     }
 
+    /// Runs `confab-sync run --once` to the end, whatever its exit.
+    pub fn run_once_output(&self) -> Output {
+        self.command()
+            .args(self.run_args())
+            .arg("--once")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `confab-sync run --once` to the end and asserts it succeeded (stderr in the message).
+    pub fn run_once(&self) -> Output {
+        let out = self.run_once_output();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Queues a SessionEnd hook (reason `exit`) in the inbox, as the hook command does.
+    pub fn queue_session_end(&self) {
+        let hook = serde_json::json!({"session_id": self.id, "transcript_path": self.transcript, "cwd": "/w",
+            "permission_mode": "default", "hook_event_name": "SessionEnd", "reason": "exit"});
+        append(
+            &self.inbox_path(),
+            &format!(
+                "{}\n",
+                serde_json::json!({"type":"session_end","timestamp":"2026-03-28T09:08:15Z","hook_input":hook})
+            ),
+        );
+    }
+
     /// Writes `~/.config/confab-sync/config.toml`.
     pub fn write_tuning_toml(&self, body: &str) {
         let p = self.home.join(".config/confab-sync/config.toml");
@@ -238,13 +271,7 @@ pub fn write_lines(path: &Path, lines: &[String]) {
 }
 
 pub fn append(path: &Path, bytes: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .unwrap();
-    f.write_all(bytes.as_bytes()).unwrap();
+    append_bytes(path, bytes.as_bytes());
 }
 
 /// A small realistic transcript line.
@@ -288,6 +315,21 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         }
         if tokio::time::Instant::now() >= end {
             return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Awaits the child's exit (polling every 10 ms); kills it and panics after `within`.
+pub async fn wait_child(child: &mut Child, within: Duration) -> ExitStatus {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if tokio::time::Instant::now() >= end {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -364,19 +406,10 @@ impl ChildGuard {
     }
 
     /// Waits (bounded, polling) for the exit; panics after `within`, killing the child.
-    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let end = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(s) = self.0.as_mut().expect("child").try_wait().unwrap() {
-                self.0 = None;
-                return s;
-            }
-            assert!(
-                tokio::time::Instant::now() < end,
-                "process did not exit within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    pub async fn wait(&mut self, within: Duration) -> ExitStatus {
+        let status = wait_child(self.0.as_mut().expect("child"), within).await;
+        self.0 = None;
+        status
     }
 }
 

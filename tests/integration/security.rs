@@ -463,17 +463,7 @@ async fn s9_leading_dash_session_id_is_one_argument() {
     let mut env = Env::with_backend(&fake.url());
     env.id = "-rf".into();
     env.write_transcript(&lines(0..2));
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_once();
     assert_eq!(fake.position("-rf", NAME), 2);
     // Split into two argv entries, the id would be a flag: clap refuses it, nothing is synced.
     let out = env
@@ -783,17 +773,7 @@ async fn s14_redaction_by_config_on_every_archived_text() {
     env.write_config_json(json!({"redaction": redaction_config()}));
     let s = secrets();
     write_secret_session(&env, &s);
-    let out = env
-        .command()
-        .args(env.run_args())
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_once();
     let dir = env.archive_dir();
     assert_eq!(complete_lines(&dir.join(NAME)).len(), 5);
     assert_eq!(complete_lines(&dir.join("agent-abcdef12.jsonl")).len(), 2);
