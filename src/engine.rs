@@ -502,6 +502,7 @@ impl Engine {
                     chunk_target: tuning.chunk_target_bytes,
                     hard_limit: tuning.chunk_hard_limit,
                     interval: tuning.interval,
+                    http_timeout: tuning.http_timeout,
                     agent_ids: known_ids,
                     summaries: &mut summaries,
                     on_ack: &mut on_ack,

@@ -79,6 +79,9 @@ pub struct Tracked {
     pub needs_refresh: bool,
     pub parked_until: Option<Instant>,
     backoff: Option<(Instant, Duration)>,
+    /// After a timed-out chunk: not due, and no refresh counts, before this instant (the
+    /// backend may still commit the chunk we gave up on).
+    quiet_until: Option<Instant>,
     /// Lines per chunk after size rejections (protocol.md §2, halving).
     max_lines: usize,
     size_rejects: u32,
@@ -107,6 +110,7 @@ impl Tracked {
             needs_refresh: false,
             parked_until: None,
             backoff: None,
+            quiet_until: None,
             max_lines: usize::MAX,
             size_rejects: 0,
             idle_stat: None,
@@ -160,12 +164,15 @@ impl Tracked {
             // The sink rolled back below our cursor: rescan from the start by line count.
             self.cursor = None;
         }
-        self.needs_refresh = false;
+        // A refresh during the quiet period may predate a late commit: refresh again after it.
+        self.needs_refresh = self.quiet_until.is_some_and(|t| Instant::now() < t);
         self.idle_stat = None;
     }
 
     pub fn due(&self, now: Instant) -> bool {
-        self.parked_until.is_none_or(|t| now >= t) && self.backoff.is_none_or(|(t, _)| now >= t)
+        self.parked_until.is_none_or(|t| now >= t)
+            && self.backoff.is_none_or(|(t, _)| now >= t)
+            && self.quiet_until.is_none_or(|t| now >= t)
     }
 
     fn park(&mut self, why: String) {
@@ -173,6 +180,12 @@ impl Tracked {
         self.status = Status::Parked;
         self.parked_until = Some(Instant::now() + PARK_FOR);
         self.last_error = Some(why);
+    }
+
+    /// Not due, and no refresh counts, for `d` (see `quiet_until`).
+    fn rest(&mut self, d: Duration) {
+        self.quiet_until = Some(Instant::now() + d);
+        self.needs_refresh = true;
     }
 
     fn back_off(&mut self, interval: Duration) {
@@ -204,6 +217,8 @@ pub struct SyncCtx<'a> {
     pub chunk_target: usize,
     pub hard_limit: usize,
     pub interval: Duration,
+    /// The request timeout: how long a file rests after a chunk timed out.
+    pub http_timeout: Duration,
     /// Agent ids seen in the lines read.
     pub agent_ids: &'a mut BTreeSet<String>,
     /// `(leafUuid, summary)` pairs of acknowledged transcript lines, for summary linking.
@@ -391,6 +406,13 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
                     SinkError::BadRequest(_) => {
                         t.back_off(ctx.interval);
                         t.needs_refresh = true;
+                        return Outcome::Failed(e);
+                    }
+                    SinkError::TimedOut(_) => {
+                        // The backend may still be working on the chunk we gave up on: leave
+                        // the file alone for as long again before its refresh, so the resend
+                        // does not race a late commit (protocol.md W2, W9).
+                        t.rest(ctx.http_timeout);
                         return Outcome::Failed(e);
                     }
                     e if e.outcome_unknown() => {

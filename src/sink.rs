@@ -143,8 +143,11 @@ pub enum SinkError {
     SessionGone,
     /// 5xx, storage errors: the chunk may or may not be stored.
     Server(String),
-    /// Timeout, reset, bad 2xx body after the request started: outcome unknown.
+    /// Reset, bad 2xx body after the request started: outcome unknown.
     Unknown(String),
+    /// No answer within the request timeout: outcome unknown, and the backend may still be
+    /// working on it, so the file rests before its refresh (filesync's quiet period).
+    TimedOut(String),
     /// Nothing reached the server (connect, DNS, TLS).
     NotSent(String),
     /// Misconfiguration: 3xx, wrong route 404, 415, bad URL, missing key.
@@ -161,7 +164,10 @@ impl SinkError {
     /// True when a chunk that got this error may have been stored, so the file must be refreshed
     /// before anything else is sent for it (protocol.md W2, W5, W7).
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, SinkError::Server(_) | SinkError::Unknown(_))
+        matches!(
+            self,
+            SinkError::Server(_) | SinkError::Unknown(_) | SinkError::TimedOut(_)
+        )
     }
 
     pub fn is_auth(&self) -> bool {
@@ -180,6 +186,7 @@ impl std::fmt::Display for SinkError {
             SinkError::SessionGone => write!(f, "session not found (deleted on the backend?)"),
             SinkError::Server(m) => write!(f, "server error: {m}"),
             SinkError::Unknown(m) => write!(f, "outcome unknown: {m}"),
+            SinkError::TimedOut(m) => write!(f, "outcome unknown, no answer in time: {m}"),
             SinkError::NotSent(m) => write!(f, "backend unreachable: {m}"),
             SinkError::Config(m) => write!(f, "configuration error: {m}"),
             SinkError::RateLimited => write!(f, "rate limited (429) after 6 attempts"),

@@ -36,6 +36,8 @@ pub(super) fn transport_error(e: reqwest::Error) -> SinkError {
     let msg = describe(&e);
     if e.is_connect() {
         SinkError::NotSent(msg)
+    } else if e.is_timeout() {
+        SinkError::TimedOut(msg)
     } else if e.is_builder() {
         SinkError::Config(msg)
     } else {
@@ -69,11 +71,14 @@ pub(super) async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>,
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(piece) = resp
-        .chunk()
-        .await
-        .map_err(|e| SinkError::Unknown(format!("reading the response: {}", describe(&e))))?
-    {
+    while let Some(piece) = resp.chunk().await.map_err(|e| {
+        let msg = format!("reading the response: {}", describe(&e));
+        if e.is_timeout() {
+            SinkError::TimedOut(msg)
+        } else {
+            SinkError::Unknown(msg)
+        }
+    })? {
         if body.len() + piece.len() > MAX_RESPONSE_BYTES {
             return Err(too_large());
         }

@@ -308,6 +308,27 @@ matrix! {
         },
         ..BASE
     };
+    // Processing held *before* the commit past the client timeout, and committed after the
+    // client gave up (F goes on processing, like a backend that ignores the disconnect). The
+    // file rests for one timeout before its refresh, so the refresh sees the late commit and
+    // skips those lines: no resend racing the held request (Z15), none after its 200 (Z-resend).
+    m22_slow_processing_before_commit_past_the_client_timeout => Case {
+        drained: |f| clients_gone(f) >= 3,
+        tuning: |t| t.http_timeout = ms(400),
+        mid: Some(|c| c.fake.hold_before_commit(Route::Chunk, ms(600), Times::Next(3))),
+        check: |c| {
+            let late: Vec<u16> = c
+                .fake
+                .requests_to(Route::Chunk)
+                .iter()
+                .filter(|r| r.client_gone)
+                .map(|r| r.status)
+                .collect();
+            assert!(late.len() >= 3, "the client gave up on the held chunks ({late:?})");
+            assert!(late.iter().all(|&s| s == 200), "each committed after the client left: {late:?}");
+        },
+        ..BASE
+    };
     m08_429_without_retry_after => Case {
         drained: |f| faults_fired(f) >= 2,
         mid: Some(|c| c.fake.fault(Route::Chunk, Fault::Status429, Times::Next(2))),
