@@ -432,7 +432,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connect_refused_is_not_sent_and_timeout_is_unknown() {
+    async fn connect_refused_is_not_sent_and_timeout_is_timed_out() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
@@ -458,7 +458,7 @@ mod tests {
         )
         .unwrap();
         let err = send_chunk(&s, b"{}").await.unwrap_err();
-        assert!(matches!(err, SinkError::Unknown(_)), "{err:?}");
+        assert!(matches!(err, SinkError::TimedOut(_)), "{err:?}");
         assert!(err.outcome_unknown());
         drop(srv);
     }
