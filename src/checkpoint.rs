@@ -114,6 +114,13 @@ impl Drop for Checkpointer {
 
 /// The writer: writes the newest state until none is left, then marks itself idle.
 fn drain(path: &Path, shared: &Shared) {
+    drain_with(shared, |st| write_state(path, st, &shared.written));
+}
+
+fn drain_with(shared: &Shared, write: impl Fn(&State)) {
+    // Should a write panic, the writer must still be marked idle, or `flush` (and with it the
+    // shutdown) would wait forever.
+    let unwinding = MarkIdle(shared);
     loop {
         let st = {
             let mut slot = lock(&shared.slot);
@@ -122,11 +129,23 @@ fn drain(path: &Path, shared: &Shared) {
                 None => {
                     slot.writing = false;
                     shared.idle.notify_all();
+                    // Marked idle under the lock: a new writer may start at once, which the
+                    // guard must not mark idle again.
+                    std::mem::forget(unwinding);
                     return;
                 }
             }
         };
-        write_state(path, &st, &shared.written);
+        write(&st);
+    }
+}
+
+struct MarkIdle<'a>(&'a Shared);
+
+impl Drop for MarkIdle<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.slot).writing = false;
+        self.0.idle.notify_all();
     }
 }
 
@@ -208,6 +227,21 @@ mod tests {
         state::save(&path, &other).unwrap();
         Checkpointer::new(path.clone()).write_now(state_with_line(2));
         assert_eq!(on_disk(&path).as_deref(), Some("line 1"));
+    }
+
+    #[test]
+    fn a_panicking_write_does_not_hang_flush() {
+        let cp = Checkpointer::new(PathBuf::from("/nonexistent/s.json"));
+        {
+            let mut slot = lock(&cp.shared.slot);
+            slot.next = Some(state_with_line(1));
+            slot.writing = true;
+        }
+        let shared = cp.shared.clone();
+        let writer = std::thread::spawn(move || drain_with(&shared, |_| panic!("injected")));
+        assert!(writer.join().is_err(), "the write panicked");
+        cp.flush();
+        assert!(!lock(&cp.shared.slot).writing);
     }
 
     /// The takeover check may skip reading the file only while it is the one we wrote.

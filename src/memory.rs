@@ -29,44 +29,46 @@ pub fn release_idle_memory() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod linux {
     use std::ffi::CStr;
-    use std::sync::OnceLock;
-
-    /// Page-aligned `(start, len)` ranges of the read-only loaded segments, found once: the
-    /// program headers of loaded objects do not change while it runs.
-    static RANGES: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
 
     pub(super) fn release() {
         // SAFETY: malloc_trim only walks and releases glibc's own free lists.
         unsafe {
             libc::malloc_trim(0);
         }
-        for &(start, len) in RANGES.get_or_init(read_only_segments) {
-            // SAFETY: the range lies inside a mapping of a non-writable PT_LOAD segment (module
-            // invariants): dropping its pages only makes the next access read them from the
-            // file again, which holds the same bytes.
+        // The ranges are found afresh each time and dropped from inside the iteration: glibc
+        // holds its loader lock meanwhile, so no object can be unloaded (and its addresses
+        // reused by another mapping) between finding a range and dropping its pages.
+        for_each_read_only_segment(&mut |start, len| {
+            // SAFETY: the range lies inside a mapping of a non-writable PT_LOAD segment of a
+            // loaded object (module invariants): dropping its pages only makes the next access
+            // read them from the file again, which holds the same bytes.
             unsafe {
                 libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
             }
-        }
+        });
     }
 
-    fn read_only_segments() -> Vec<(usize, usize)> {
-        let mut out: Vec<(usize, usize)> = Vec::new();
+    type Visit<'a> = &'a mut dyn FnMut(usize, usize);
+
+    /// Calls `visit(start, len)` for the whole pages of every read-only loaded segment.
+    fn for_each_read_only_segment(mut visit: Visit) {
         // SAFETY: the callback only reads the `dl_phdr_info` glibc passes for the duration of
-        // the call, and `data` is the `Vec` above, alive for the whole iteration.
+        // the call, and `data` points to `visit`, alive for the whole iteration.
         unsafe {
-            libc::dl_iterate_phdr(Some(collect), &mut out as *mut _ as *mut libc::c_void);
+            libc::dl_iterate_phdr(
+                Some(segments),
+                &mut visit as *mut Visit as *mut libc::c_void,
+            );
         }
-        out
     }
 
-    unsafe extern "C" fn collect(
+    unsafe extern "C" fn segments(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
         data: *mut libc::c_void,
     ) -> libc::c_int {
         let info = &*info;
-        let out = &mut *(data as *mut Vec<(usize, usize)>);
+        let visit = &mut *(data as *mut Visit);
         // The executable comes first with an empty name; libraries loaded from files have
         // absolute paths; the vDSO has neither.
         let name = if info.dlpi_name.is_null() {
@@ -86,8 +88,8 @@ mod linux {
             }
             let start = info.dlpi_addr as usize + h.p_vaddr as usize;
             let end = start + h.p_memsz as usize;
-            if let Some(range) = inner_pages(start, end, page) {
-                out.push(range);
+            if let Some((s, l)) = inner_pages(start, end, page) {
+                visit(s, l);
             }
         }
         0
@@ -127,6 +129,12 @@ mod linux {
 
         /// Every mapping a range touches must hold no anonymous (changed, copied-on-write) page:
         /// that is what makes dropping its pages lossless.
+        fn read_only_segments() -> Vec<(usize, usize)> {
+            let mut out = Vec::new();
+            for_each_read_only_segment(&mut |s, l| out.push((s, l)));
+            out
+        }
+
         #[test]
         fn ranges_cover_the_code_and_no_changed_page() {
             let ranges = read_only_segments();
