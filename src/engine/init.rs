@@ -12,19 +12,19 @@
 //!   sends a full init, and the cursors kept are revalidated by it.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
 
 use super::Engine;
 use crate::archive::ArchiveSink;
 use crate::backend::HttpSink;
 use crate::config::{self, SinkChoice};
 use crate::discovery;
+use crate::filesync::{self, StatKey};
 use crate::metadata;
 use crate::redact::Redactor;
 use crate::sink::{InitRequest, Sink, SinkError, PROVIDER};
 
-/// (dev, ino, size, mtime ns) of config.json; None when it does not exist.
-pub(super) type ConfigStamp = Option<(u64, u64, u64, i64)>;
+/// The [`StatKey`] of config.json; None when it does not exist.
+pub(super) type ConfigStamp = Option<StatKey>;
 
 impl Engine {
     /// Forgets the sink session (auth failure, sink switch): the next cycle re-reads the config
@@ -35,14 +35,9 @@ impl Engine {
     }
 
     fn config_stamp(&self) -> ConfigStamp {
-        std::fs::metadata(&self.paths.config_json).ok().map(|m| {
-            (
-                m.dev(),
-                m.ino(),
-                m.len(),
-                m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            )
-        })
+        std::fs::metadata(&self.paths.config_json)
+            .ok()
+            .map(|m| filesync::stat_key(&m))
     }
 
     /// Re-reads config.json when it changed; a change of sink drops the session (sync-engine §13).

@@ -2,8 +2,8 @@
 //! one at a time, and reacting to each answer (sync-engine §2, §4).
 //!
 //! Layout: this module is the sync pass ([`sync_file`]) and what it shares with the caller
-//! ([`SyncCtx`], [`Outcome`]); `tracked` is the per-file state and the transitions that make a file
-//! wait, `position` finds line `acked` in the file by line count, and `chunk` cuts one chunk.
+//! ([`SyncCtx`], [`Outcome`]); `tracked` is the per-file state and its transitions (what an
+//! acknowledgement or a failed chunk does to it), `position` finds line `acked` in the file by line count, and `chunk` cuts one chunk.
 //! Each submodule states its own invariants.
 //!
 //! Invariants:
@@ -17,7 +17,6 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::chunker;
@@ -68,28 +67,27 @@ pub struct SyncCtx<'a> {
     pub on_ack: &'a mut (dyn FnMut(&Tracked) + Send),
 }
 
-fn stat_key(file: &File) -> std::io::Result<(u64, u64, u64, i64)> {
-    let m = file.metadata()?;
-    Ok((
+/// (dev, ino, size, mtime ns): while it is the same, the file was not replaced nor written to.
+pub(crate) type StatKey = (u64, u64, u64, i64);
+
+pub(crate) fn stat_key(m: &std::fs::Metadata) -> StatKey {
+    (
         m.dev(),
         m.ino(),
         m.len(),
         m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-    ))
+    )
+}
+
+fn file_stat_key(file: &File) -> std::io::Result<StatKey> {
+    file.metadata().map(|m| stat_key(&m))
 }
 
 /// [`stat_key`] of the regular file at `path` itself (a symlink is not followed, as
 /// [`reader::open_regular`] does not follow it); None for anything else.
-fn path_stat_key(path: &std::path::Path) -> Option<(u64, u64, u64, i64)> {
+fn path_stat_key(path: &std::path::Path) -> Option<StatKey> {
     let m = std::fs::symlink_metadata(path).ok()?;
-    m.file_type().is_file().then(|| {
-        (
-            m.dev(),
-            m.ino(),
-            m.len(),
-            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        )
-    })
+    m.file_type().is_file().then(|| stat_key(&m))
 }
 
 /// Syncs one file until nothing is left to send, or until something needs the caller.
@@ -110,11 +108,11 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
             t.idle_stat = None;
             return Outcome::Done;
         }
-        Err(e) => return local_error(t, format!("cannot open {}: {e}", t.path.display())),
+        Err(e) => return io_error(t, "open", e),
     };
-    let stat = match stat_key(&file) {
+    let stat = match file_stat_key(&file) {
         Ok(s) => s,
-        Err(e) => return local_error(t, format!("cannot stat {}: {e}", t.path.display())),
+        Err(e) => return io_error(t, "stat", e),
     };
     if t.idle_stat == Some(stat) {
         return Outcome::Done;
@@ -128,7 +126,7 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
                 t.needs_refresh = true;
                 return Outcome::Refresh;
             }
-            Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+            Err(e) => return io_error(t, "read", e),
         }
     }
     if t.status == Status::Waiting {
@@ -141,13 +139,12 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
             t.idle_stat = Some(stat);
             return Outcome::Done;
         }
-        Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+        Err(e) => return io_error(t, "read", e),
     }
     if t.status == Status::Diverged {
         t.status = Status::Ok;
     }
-    // A one-line chunk refused for size three times in a row goes out as a placeholder (§4).
-    let mut force_placeholder = t.size_rejects >= 3;
+    let mut force_placeholder = t.needs_placeholder();
     loop {
         if t.acked >= MAX_LINE_NUMBER {
             // Only park when there is something left to send.
@@ -167,7 +164,7 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
                 t.idle_stat = Some(stat);
                 return Outcome::Done;
             }
-            Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+            Err(e) => return io_error(t, "read", e),
         };
         let first_line = t.acked + 1;
         let req = ChunkRequest {
@@ -185,25 +182,11 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
         // while the chunk is in flight, and the acknowledgement must be recorded regardless.
         let fp = match reader::fingerprint(&file, built.end_offset, &t.counters.bytes_read) {
             Ok(fp) => fp,
-            Err(e) => return local_error(t, format!("cannot read {}: {e}", t.path.display())),
+            Err(e) => return io_error(t, "read", e),
         };
         match crate::sdnotify::keepalive(ctx.sink.chunk(&req, &json)).await {
             Ok(n) if n == expected => {
-                t.acked = n;
-                t.counters.lines_acked.store(n, Ordering::Relaxed);
-                t.cursor = Some(Cursor {
-                    line: n,
-                    offset: built.end_offset,
-                    fp,
-                });
-                t.backoff = None;
-                t.size_rejects = 0;
-                t.max_lines = usize::MAX;
-                t.last_error = None;
-                if t.status == Status::Parked {
-                    t.status = Status::Ok;
-                    t.parked_until = None;
-                }
+                t.acknowledge(n, built.end_offset, fp);
                 force_placeholder = false;
                 ctx.summaries.extend(built.summaries);
                 (ctx.on_ack)(t);
@@ -213,51 +196,14 @@ pub async fn sync_file(t: &mut Tracked, ctx: &mut SyncCtx<'_>) -> Outcome {
                 t.needs_refresh = true;
                 return Outcome::Refresh;
             }
-            Err(e) => {
-                t.last_error = Some(e.to_string());
-                match e {
-                    SinkError::Contiguity(_) => {
-                        t.needs_refresh = true;
-                        return Outcome::Refresh;
-                    }
-                    SinkError::BodyTooLarge(_) => {
-                        let n = built.lines.len();
-                        if n == 1 {
-                            t.size_rejects += 1;
-                        }
-                        t.max_lines = (n / 2).max(1);
-                        tracing::warn!(file = %t.name, lines = n, "chunk rejected as too large; retrying with {} lines", t.max_lines);
-                        t.needs_refresh = true;
-                        return Outcome::Refresh;
-                    }
-                    SinkError::TooManyChunks(m) => {
-                        t.park(m);
-                        return Outcome::Done;
-                    }
-                    SinkError::BadRequest(_) => {
-                        t.back_off(ctx.interval);
-                        t.needs_refresh = true;
-                        return Outcome::Failed(e);
-                    }
-                    SinkError::TimedOut(_) => {
-                        // The backend may still be working on the chunk we gave up on: leave
-                        // the file alone for as long again before its refresh, so the resend
-                        // does not race a late commit (protocol.md W2, W9).
-                        t.rest(ctx.http_timeout);
-                        return Outcome::Failed(e);
-                    }
-                    e if e.outcome_unknown() => {
-                        t.needs_refresh = true;
-                        return Outcome::Failed(e);
-                    }
-                    e => return Outcome::Failed(e),
-                }
-            }
+            Err(e) => return t.chunk_failed(e, built.lines.len(), ctx),
         }
     }
 }
 
-fn local_error(t: &mut Tracked, msg: String) -> Outcome {
+/// A local I/O failure on the file: it becomes the file's last error and stops it for this cycle.
+fn io_error(t: &mut Tracked, doing: &str, e: std::io::Error) -> Outcome {
+    let msg = format!("cannot {doing} {}: {e}", t.path.display());
     t.last_error = Some(msg.clone());
     Outcome::Failed(SinkError::Local(msg))
 }

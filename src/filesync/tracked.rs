@@ -1,5 +1,6 @@
-//! The position object of one file ([`Tracked`]), its [`Cursor`] and [`Status`], and the
-//! transitions that make a file wait: park, back off, rest (sync-engine §2, §4).
+//! The position object of one file ([`Tracked`]), its [`Cursor`] and [`Status`], and its
+//! transitions: restore, adopt, acknowledge, and the reactions to a failed chunk (refresh, halve,
+//! park, back off, rest) (sync-engine §2, §4; protocol.md §2).
 //!
 //! Invariants:
 //! - each file has exactly one [`Tracked`] (H10); `acked` is the sink's position and only moves on
@@ -12,11 +13,12 @@
 //!   count, and is done again after it.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::{Outcome, StatKey, SyncCtx};
 use crate::reader::Fingerprint;
-use crate::sink::FileType;
+use crate::sink::{FileType, SinkError};
 use crate::state::FileEntry;
 
 const PARK_FOR: Duration = Duration::from_secs(3600);
@@ -70,15 +72,15 @@ pub struct Tracked {
     /// A chunk's outcome is unknown, or the position must be re-learned: refresh before sending.
     pub needs_refresh: bool,
     pub parked_until: Option<Instant>,
-    pub(super) backoff: Option<(Instant, Duration)>,
+    backoff: Option<(Instant, Duration)>,
     /// After a timed-out chunk: not due, and no refresh counts, before this instant (the
     /// backend may still commit the chunk we gave up on).
     quiet_until: Option<Instant>,
     /// Lines per chunk after size rejections (protocol.md §2, halving).
     pub(super) max_lines: usize,
-    pub(super) size_rejects: u32,
+    size_rejects: u32,
     /// (dev, ino, size, mtime ns) when the file was last fully synced: unchanged → not even opened.
-    pub(super) idle_stat: Option<(u64, u64, u64, i64)>,
+    pub(super) idle_stat: Option<StatKey>,
     /// Bytes after the last complete line at the last read.
     pub pending_bytes: u64,
     pub last_error: Option<String>,
@@ -167,6 +169,78 @@ impl Tracked {
             && self.quiet_until.is_none_or(|t| now >= t)
     }
 
+    /// Records the acknowledgement of line `n`, already checked to be the chunk's last (H21): the
+    /// cursor moves to the chunk's end, and the signs of earlier trouble are cleared.
+    pub(super) fn acknowledge(&mut self, n: u64, end_offset: u64, fp: Fingerprint) {
+        self.acked = n;
+        self.counters.lines_acked.store(n, Ordering::Relaxed);
+        self.cursor = Some(Cursor {
+            line: n,
+            offset: end_offset,
+            fp,
+        });
+        self.backoff = None;
+        self.size_rejects = 0;
+        self.max_lines = usize::MAX;
+        self.last_error = None;
+        if self.status == Status::Parked {
+            self.status = Status::Ok;
+            self.parked_until = None;
+        }
+    }
+
+    /// Reacts to a chunk of `lines_sent` lines that the sink refused or whose request failed.
+    pub(super) fn chunk_failed(
+        &mut self,
+        e: SinkError,
+        lines_sent: usize,
+        ctx: &SyncCtx<'_>,
+    ) -> Outcome {
+        self.last_error = Some(e.to_string());
+        match e {
+            SinkError::Contiguity(_) => {
+                self.needs_refresh = true;
+                Outcome::Refresh
+            }
+            SinkError::BodyTooLarge(_) => {
+                let n = lines_sent;
+                if n == 1 {
+                    self.size_rejects += 1;
+                }
+                self.max_lines = (n / 2).max(1);
+                tracing::warn!(file = %self.name, lines = n, "chunk rejected as too large; retrying with {} lines", self.max_lines);
+                self.needs_refresh = true;
+                Outcome::Refresh
+            }
+            SinkError::TooManyChunks(m) => {
+                self.park(m);
+                Outcome::Done
+            }
+            SinkError::BadRequest(_) => {
+                self.back_off(ctx.interval);
+                self.needs_refresh = true;
+                Outcome::Failed(e)
+            }
+            SinkError::TimedOut(_) => {
+                // The backend may still be working on the chunk we gave up on: leave
+                // the file alone for as long again before its refresh, so the resend
+                // does not race a late commit (protocol.md W2, W9).
+                self.rest(ctx.http_timeout);
+                Outcome::Failed(e)
+            }
+            e if e.outcome_unknown() => {
+                self.needs_refresh = true;
+                Outcome::Failed(e)
+            }
+            e => Outcome::Failed(e),
+        }
+    }
+
+    /// A one-line chunk refused for size three times in a row goes out as a placeholder (§4).
+    pub(super) fn needs_placeholder(&self) -> bool {
+        self.size_rejects >= 3
+    }
+
     pub(super) fn park(&mut self, why: String) {
         tracing::warn!(file = %self.name, "parking file for an hour: {why}");
         self.status = Status::Parked;
@@ -175,12 +249,12 @@ impl Tracked {
     }
 
     /// Not due, and no refresh counts, for `d` (see `quiet_until`).
-    pub(super) fn rest(&mut self, d: Duration) {
+    fn rest(&mut self, d: Duration) {
         self.quiet_until = Some(Instant::now() + d);
         self.needs_refresh = true;
     }
 
-    pub(super) fn back_off(&mut self, interval: Duration) {
+    fn back_off(&mut self, interval: Duration) {
         let wait = match self.backoff {
             Some((_, w)) => (w * 2).min(MAX_BACKOFF),
             None => interval,
