@@ -17,7 +17,6 @@ use super::Engine;
 use crate::archive::ArchiveSink;
 use crate::backend::HttpSink;
 use crate::config::{self, SinkChoice};
-use crate::discovery;
 use crate::filesync::{self, StatKey};
 use crate::metadata;
 use crate::redact::Redactor;
@@ -138,9 +137,7 @@ impl Engine {
                 if same {
                     for (name, e) in &entries {
                         // The state file is input too: only names that pass the init-key rule.
-                        if *name == self.transcript_name
-                            || discovery::agent_id_from_file_name(name).is_some()
-                        {
+                        if self.is_ours(name) {
                             self.track_named(name, e.file_type.as_str()).restore(e);
                         }
                     }
@@ -156,7 +153,7 @@ impl Engine {
         self.state.confab_sync.backend_url = Some(identity);
         let mut named = BTreeSet::new();
         for (key, &pos) in &resp.files {
-            if *key == self.transcript_name || discovery::agent_id_from_file_name(key).is_some() {
+            if self.is_ours(key) {
                 named.insert(key.clone());
                 let kind = if *key == self.transcript_name {
                     "transcript"

@@ -13,6 +13,12 @@ use crate::filesync::Tracked;
 use crate::sink::FileType;
 
 impl Engine {
+    /// The init-key rule: the transcript's own name, or a valid agent file name. Names from the
+    /// state file and from init are input too; only these are tracked.
+    pub(super) fn is_ours(&self, name: &str) -> bool {
+        name == self.transcript_name || discovery::agent_id_from_file_name(name).is_some()
+    }
+
     /// The tracked file for a valid name, created if needed.
     pub(super) fn track_named(&mut self, name: &str, kind: &str) -> &mut Tracked {
         if !self.files.contains_key(name) {
