@@ -2,13 +2,15 @@
 //! from which the binary parses its arguments and packaging renders completions and the man page.
 //! Part of the binary, not the library; the handlers are in `main.rs`.
 //!
-//! Invariants: only declarations live here (and the mapping of hook names to [`HookKind`]);
+//! Invariants: only declarations live here (and their mapping to the library's [`RunOptions`] and
+//! [`HookKind`]);
 //! `--help`, the completions and the man page all come from them, so they cannot disagree.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+use confab_sync::daemon::RunOptions;
 use confab_sync::hooks::HookKind;
 
 #[derive(Parser)]
@@ -25,19 +27,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run one session's sync daemon in the foreground (what the service manager executes).
-    Run {
-        #[arg(long)]
-        session_id: String,
-        #[arg(long)]
-        transcript: Option<PathBuf>,
-        #[arg(long)]
-        cwd: Option<String>,
-        #[arg(long)]
-        parent_pid: Option<i64>,
-        /// Catch up everything now and exit.
-        #[arg(long)]
-        once: bool,
-    },
+    Run(RunArgs),
     /// Claude Code hook handlers: read the hook JSON on stdin, always exit 0.
     Hook {
         #[command(subcommand)]
@@ -93,6 +83,34 @@ pub enum Command {
     /// Print the man page in roff (for packaging).
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    session_id: String,
+    #[arg(long)]
+    transcript: Option<PathBuf>,
+    #[arg(long)]
+    cwd: Option<String>,
+    #[arg(long)]
+    parent_pid: Option<i64>,
+    /// Catch up everything now and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+impl From<RunArgs> for RunOptions {
+    fn from(a: RunArgs) -> RunOptions {
+        RunOptions {
+            session_id: a.session_id,
+            transcript: a.transcript,
+            cwd: a.cwd,
+            parent_pid: a.parent_pid,
+            once: a.once,
+            service_manager: None,
+        }
+    }
 }
 
 #[derive(Subcommand, Clone, Copy)]

@@ -28,20 +28,7 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            session_id,
-            transcript,
-            cwd,
-            parent_pid,
-            once,
-        } => cmd_run(RunOptions {
-            session_id,
-            transcript,
-            cwd,
-            parent_pid,
-            once,
-            service_manager: None,
-        }),
+        Command::Run(args) => cmd_run(args.into()),
         Command::Hook { event } => hook(event.into()),
         other => {
             confab_sync::logging::init(Some("warn"), None);
@@ -56,7 +43,7 @@ fn main() -> ExitCode {
                 Command::Uninstall { hooks } => cmd_uninstall(hooks),
                 Command::Completions { shell } => cmd_completions(shell),
                 Command::Man => cmd_man(),
-                Command::Run { .. } | Command::Hook { .. } => unreachable!("handled above"),
+                Command::Run(_) | Command::Hook { .. } => unreachable!("handled above"),
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
