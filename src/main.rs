@@ -5,13 +5,14 @@
 //! Invariants: every command but `hook` exits 0 on success and non-zero with one line on stderr
 //! otherwise; `hook` always exits 0 and prints exactly its one JSON response line on stdout, even
 //! when it panics; nothing but that response and the data a user asked for reaches stdout.
+//!
+//! Layout: `cli` declares the command line; this file dispatches it and holds the handlers.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser};
 
 use confab_sync::config::Tuning;
 use confab_sync::daemon::{Daemon, Exit, RunOptions};
@@ -20,157 +21,14 @@ use confab_sync::paths::Paths;
 use confab_sync::service::{self, ManagerKind, ServiceContext};
 use confab_sync::{reaper, state, status};
 
-#[derive(Parser)]
-#[command(
-    name = "confab-sync",
-    version,
-    about = "Keeps a live, lossless copy of every Claude Code session"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+mod cli;
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run one session's sync daemon in the foreground (what the service manager executes).
-    Run {
-        #[arg(long)]
-        session_id: String,
-        #[arg(long)]
-        transcript: Option<PathBuf>,
-        #[arg(long)]
-        cwd: Option<String>,
-        #[arg(long)]
-        parent_pid: Option<i64>,
-        /// Catch up everything now and exit.
-        #[arg(long)]
-        once: bool,
-    },
-    /// Claude Code hook handlers: read the hook JSON on stdin, always exit 0.
-    Hook {
-        #[command(subcommand)]
-        event: HookEvent,
-    },
-    /// One row per known session: state, pid, service manager, uptime, lines synced, errors.
-    ///
-    /// STATE is `running` (its daemon holds the session lock), `stopped` (no daemon holds it, but
-    /// the recorded process still runs: starting or stopping) or `stale` (its daemon is gone; the
-    /// next session start, or `--prune`, removes the files).
-    Status {
-        /// Print `{"sessions":[…]}` instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// First remove the files of sessions whose daemon is dead (older than 5 s, lock free),
-        /// even if their Claude Code process still runs.
-        #[arg(long, visible_alias = "reap")]
-        prune: bool,
-    },
-    /// Stop one session's daemon gracefully (final sync), through the service manager that owns it.
-    Stop {
-        /// The session id.
-        #[arg(allow_hyphen_values = true, value_name = "ID")]
-        id: String,
-    },
-    /// Show one session's log (the journal for systemd daemons, the log file otherwise).
-    Logs {
-        /// The session id.
-        #[arg(allow_hyphen_values = true, value_name = "ID")]
-        id: String,
-        /// Keep printing new lines until interrupted.
-        #[arg(short, long)]
-        follow: bool,
-    },
-    /// Install the service side (systemd unit template, launchd) and, with --hooks, the Claude Code hooks.
-    Install {
-        /// Also register the hooks in Claude Code's settings.json.
-        #[arg(long)]
-        hooks: bool,
-        /// auto, systemd, launchd or none (default: $CONFAB_SERVICE_MANAGER, else auto).
-        #[arg(long, value_name = "MANAGER")]
-        service_manager: Option<String>,
-    },
-    /// Reverse `install`: remove the unit template and, with --hooks, our Claude Code hooks.
-    Uninstall {
-        /// Also remove our hooks from Claude Code's settings.json.
-        #[arg(long)]
-        hooks: bool,
-    },
-    /// Print a shell completion script (for packaging).
-    #[command(hide = true)]
-    Completions { shell: clap_complete::Shell },
-    /// Print the man page in roff (for packaging).
-    #[command(hide = true)]
-    Man,
-}
-
-#[derive(Subcommand, Clone, Copy)]
-enum HookEvent {
-    /// SessionStart: start the session's daemon unless one is live.
-    SessionStart,
-    /// SessionEnd: queue the session_end event and ask the daemon to stop (does not wait).
-    SessionEnd,
-    /// UserPromptSubmit: start the daemon when none is live (resumed sessions); else nothing.
-    UserPromptSubmit,
-}
-
-impl From<HookEvent> for HookKind {
-    fn from(e: HookEvent) -> HookKind {
-        match e {
-            HookEvent::SessionStart => HookKind::SessionStart,
-            HookEvent::SessionEnd => HookKind::SessionEnd,
-            HookEvent::UserPromptSubmit => HookKind::UserPromptSubmit,
-        }
-    }
-}
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            session_id,
-            transcript,
-            cwd,
-            parent_pid,
-            once,
-        } => {
-            apply_launch_env(&session_id);
-            let paths = Paths::from_env();
-            let tuning = match Tuning::load(&paths, |k| std::env::var(k).ok()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("confab-sync: {e}");
-                    return ExitCode::from(78);
-                }
-            };
-            // config.toml's level wins; config.json's applies only when the TOML sets none (§8).
-            let json_level = confab_sync::config::read_credentials(&paths.config_json)
-                .ok()
-                .flatten()
-                .and_then(|c| c.log_level);
-            let level = tuning.log_level.clone().or(json_level);
-            confab_sync::logging::init(level.as_deref(), Some(&session_id));
-            let opts = RunOptions {
-                session_id,
-                transcript,
-                cwd,
-                parent_pid,
-                once,
-                service_manager: None,
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let exit = rt.block_on(async move {
-                // Handlers first: a SIGTERM that arrives while the daemon starts up must still
-                // mean a clean shutdown, not the default action (death without clean-up).
-                let shutdown = signals();
-                let daemon = Daemon::new(opts, paths, tuning);
-                daemon.run(shutdown).await
-            });
-            report_exit(exit)
-        }
+        Command::Run(args) => cmd_run(args.into()),
         Command::Hook { event } => hook(event.into()),
         other => {
             confab_sync::logging::init(Some("warn"), None);
@@ -185,7 +43,7 @@ fn main() -> ExitCode {
                 Command::Uninstall { hooks } => cmd_uninstall(hooks),
                 Command::Completions { shell } => cmd_completions(shell),
                 Command::Man => cmd_man(),
-                Command::Run { .. } | Command::Hook { .. } => unreachable!("handled above"),
+                Command::Run(_) | Command::Hook { .. } => unreachable!("handled above"),
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +54,38 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `run`: the daemon in the foreground, on a single-threaded runtime, until a shutdown reason.
+fn cmd_run(opts: RunOptions) -> ExitCode {
+    apply_launch_env(&opts.session_id);
+    let paths = Paths::from_env();
+    let tuning = match Tuning::load(&paths, |k| std::env::var(k).ok()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("confab-sync: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    // config.toml's level wins; config.json's applies only when the TOML sets none (§8).
+    let json_level = confab_sync::config::read_credentials(&paths.config_json)
+        .ok()
+        .flatten()
+        .and_then(|c| c.log_level);
+    let level = tuning.log_level.clone().or(json_level);
+    confab_sync::logging::init(level.as_deref(), Some(&opts.session_id));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let exit = rt.block_on(async move {
+        // Handlers first: a SIGTERM that arrives while the daemon starts up must still
+        // mean a clean shutdown, not the default action (death without clean-up).
+        let shutdown = signals();
+        let daemon = Daemon::new(opts, paths, tuning);
+        daemon.run(shutdown).await
+    });
+    report_exit(exit)
 }
 
 /// Runs a hook; whatever happens (a panic included) prints the response and exits 0.
