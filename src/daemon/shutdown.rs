@@ -76,6 +76,7 @@ impl Daemon {
             }
         }
         engine.log_pending();
+        engine.flush_checkpoints();
         self.remove_session_files(&id, &engine.state);
         Exit::Clean(reason.describe().into())
     }

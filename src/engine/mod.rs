@@ -145,6 +145,13 @@ impl Engine {
         self.counters.clone()
     }
 
+    /// Waits for checkpoint writes still running (an ack's write may outlive a cycle cut short
+    /// by the shutdown deadline): whoever deletes the state file afterwards must not see it
+    /// written again behind its back.
+    pub fn flush_checkpoints(&self) {
+        self.checkpoints.flush();
+    }
+
     fn save_state(&mut self) {
         if !self.persist {
             return;
