@@ -105,7 +105,8 @@ async fn x4_x5_partial_line_waits_for_its_newline() {
     env.append("{\"a\":1}\n{\"b\":");
     let d = env.start();
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each later cycle sees the fragment again; two whole ones must not send it.
+    assert!(cycles_pass(&env.state_path(), 3, T).await);
     assert_eq!(fake.position(&env.id, NAME), 1);
     env.append("2}\n");
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 2).await);
@@ -438,7 +439,9 @@ async fn x31_chunk_cap_parks_the_file_and_others_continue() {
         fake.wait_until(T, |f| f.position(&env.id, "agent-aaaaaaaa.jsonl") == 2)
             .await
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The parked file is skipped by every cycle until the hourly retry: a few cycles must pass
+    // without a new chunk for it.
+    assert!(cycles_pass(&env.state_path(), 4, T).await);
     let transcript_chunks = fake
         .chunk_requests()
         .iter()

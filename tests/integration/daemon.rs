@@ -117,7 +117,10 @@ async fn a6_waits_for_a_missing_transcript() {
     let fake = Fake::start().await;
     let env = Env::with_backend(&fake.url());
     let d = env.start();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The launch state is written just before the wait for the transcript begins.
+    assert!(eventually(T, || env.state_path().exists()).await);
+    // The wait loop exposes nothing per poll, so a bare window of a few polls (50 ms each).
+    tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
         fake.request_count(),
         0,
@@ -156,13 +159,8 @@ async fn a9_empty_transcript_gets_init_and_no_chunk() {
     let d = env.start();
     assert!(fake.wait_until(T, |f| f.count(Route::Init) >= 1).await);
     // Several cycles pass (50 ms interval) without a chunk.
-    assert!(
-        eventually(T, || env
-            .state()
-            .is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string()))
-        .await
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(eventually(T, || cycle_ended(&env)).await);
+    assert!(cycles_pass(&env.state_path(), 4, T).await);
     d.stop_within(T).await;
     assert_eq!(fake.count(Route::Chunk), 0);
     fake.assert_no_violations();
@@ -377,7 +375,8 @@ async fn a24_session_gone_twice_then_recovers() {
     fake.fault(Route::Chunk, Fault::SessionNotFound404, Times::Next(2));
     let d = env.start();
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 3).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A daemon that still counted the two 404s would leave at the next one; it keeps cycling.
+    assert!(cycles_pass(&env.state_path(), 5, T).await);
     assert!(!d.task.is_finished());
     assert!(fake.count(Route::Chunk) >= 3);
     d.stop_within(T).await;

@@ -25,7 +25,7 @@ async fn d4_no_changes_no_requests() {
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 3).await);
     let n = fake.request_count();
     let read = d.counters.get(NAME);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cycles_pass(&env.state_path(), 4, T).await);
     assert_eq!(fake.request_count(), n, "idle cycles send nothing");
     assert_eq!(d.counters.get(NAME), read, "idle cycles read nothing (E6)");
     d.stop_within(T).await;
@@ -134,7 +134,8 @@ async fn d12_mutual_references_upload_once() {
         fake.wait_until(T, |f| f.position(&env.id, "agent-bbbbbbbb.jsonl") == 1)
             .await
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Later cycles follow the references again: none may upload agent a a second time.
+    assert!(cycles_pass(&env.state_path(), 3, T).await);
     d.stop_within(T).await;
     let a = fake
         .chunk_requests()
@@ -280,7 +281,9 @@ async fn f1_f4_summary_linking_patches_once() {
     env.write_transcript(&[summary.clone(), no_match, summary.clone()]);
     let d = env.start();
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 3).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(fake.wait_until(T, |f| f.count(Route::Summary) >= 1).await);
+    // The repeated summary and later cycles must not patch again.
+    assert!(cycles_pass(&env.state_path(), 3, T).await);
     d.stop_within(T).await;
     assert_eq!(
         fake.summaries(),

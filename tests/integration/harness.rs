@@ -359,6 +359,50 @@ pub fn cycle_ended(env: &Env) -> bool {
         .is_some_and(|s| s["confab_sync"]["last_loop_at"].is_string())
 }
 
+/// Counts the cycles a daemon ends from the moment it is created, by the new `last_loop_at`
+/// stamps in the state file at `state` (each cycle writes one, synchronously, as it ends). The
+/// first cycle counted may have started before; from the second on, each ran entirely after.
+pub struct CycleWatch {
+    state: PathBuf,
+    last: Option<String>,
+    ended: usize,
+}
+
+impl CycleWatch {
+    pub fn new(state: &Path) -> CycleWatch {
+        CycleWatch {
+            last: last_loop_at(state),
+            state: state.to_path_buf(),
+            ended: 0,
+        }
+    }
+
+    /// Cycles seen ending so far (a lower bound: two cycles between polls count as one).
+    pub fn ended(&mut self) -> usize {
+        let now = last_loop_at(&self.state);
+        if now.is_some() && now != self.last {
+            self.ended += 1;
+            self.last = now;
+        }
+        self.ended
+    }
+}
+
+fn last_loop_at(state: &Path) -> Option<String> {
+    let bytes = std::fs::read(state).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["confab_sync"]["last_loop_at"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Awaits `n` more cycles of the daemon writing `state` (see [`CycleWatch`]), for at most `within`.
+/// The window that lets a negative assertion ("nothing was sent") mean "in `n` cycles".
+pub async fn cycles_pass(state: &Path, n: usize, within: Duration) -> bool {
+    let mut watch = CycleWatch::new(state);
+    eventually(within, || watch.ended() >= n).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers for the chaos and fault tests (appended).
 

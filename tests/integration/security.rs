@@ -566,7 +566,8 @@ async fn s11_symlinked_transcript_and_agent_files_are_never_read() {
     tuning.transcript_wait = Duration::from_millis(300);
     let d = env.start_with(env.options(), tuning.clone());
     assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 1).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every cycle looks for agents (by reference and by scan): a few must pass reading neither.
+    assert!(cycles_pass(&env.state_path(), 4, T).await);
     d.stop_within(T).await;
     let evil = env.transcript.with_file_name("evil.jsonl");
     symlink(&outside, &evil).unwrap();
@@ -575,8 +576,10 @@ async fn s11_symlinked_transcript_and_agent_files_are_never_read() {
         transcript: Some(evil),
         ..env.options()
     };
+    let mut cycles = CycleWatch::new(&env.paths().state_file("evil-session"));
     let d = env.start_with(opts, tuning);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Either it gives up on the link by itself, or it runs cycles that must not read through it.
+    assert!(eventually(T, || d.task.is_finished() || cycles.ended() >= 4).await);
     if !d.task.is_finished() {
         d.stop_within(T).await;
     }
@@ -622,7 +625,8 @@ async fn s12_init_keys_with_nul_and_absolute_paths_are_ignored() {
             .is_some_and(|s| s["confab_sync"]["files"][NAME]["acked_line"] == 2)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Later cycles must not adopt a hostile key either.
+    assert!(cycles_pass(&env.state_path(), 3, T).await);
     let files: BTreeSet<String> = env.state().unwrap()["confab_sync"]["files"]
         .as_object()
         .unwrap()
