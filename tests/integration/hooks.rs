@@ -195,6 +195,31 @@ fn plant_session(env: &Env, id: &str, pid: i64, pid_start: Option<&str>, parent:
     std::fs::write(paths.lock_file(id), "").unwrap();
 }
 
+/// `cmd` with every signal blocked (SIGKILL and SIGSTOP cannot be): a signal sent to the process
+/// stays pending, visible in /proc, instead of acting at some moment after the sender returned.
+fn blocking_every_signal(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sigprocmask is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None)?;
+            Ok(())
+        })
+    }
+}
+
+/// The signals pending for `pid` (its threads' and the process's, as bits); None if unreadable.
+fn pending_signals(pid: i64) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut pending = 0;
+    for key in ["SigPnd:", "ShdPnd:"] {
+        let hex = status.lines().find_map(|l| l.strip_prefix(key))?.trim();
+        pending |= u64::from_str_radix(hex, 16).ok()?;
+    }
+    Some(pending)
+}
+
 fn age(path: &Path, by: Duration) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.set_modified(SystemTime::now() - by).unwrap();
@@ -289,8 +314,9 @@ async fn k2_racing_session_starts_start_exactly_one_daemon() {
     let c = hook_json(&env, "session-start", &v).await;
     assert_answered(&c, RESPONSE);
     assert!(!text(&c.stderr).contains("started"), "{}", text(&c.stderr));
-    // A loser daemon would have logged "already being synced" within its 1 s retry.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Every hook has returned, and a hook returns only after its spawn (the exec) did: a loser
+    // daemon is either still here (inside its 1 s lock retry) or gone, having logged "already
+    // being synced" before exiting. Either way it shows now, no need to wait out its retry.
     assert_eq!(daemons_of(&env.home), [pid]);
     let log = std::fs::read_to_string(env.paths().log_file(&env.id)).unwrap_or_default();
     assert!(!log.contains("already being synced"), "{log}");
@@ -372,19 +398,23 @@ async fn k4_session_end_with_missing_or_stale_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x15_session_end_never_signals_an_unrelated_process() {
     let env = Env::new();
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("30")
+    let mut sleeper = blocking_every_signal(std::process::Command::new("sleep").arg("30"))
         .spawn()
         .unwrap();
     let pid = i64::from(sleeper.id());
     plant_session(&env, &env.id, pid, Some("linux:not-its-token:1"), 0);
     let out = hook_json(&env, "session-end", &input(&env, "SessionEnd")).await;
     assert_answered(&out, RESPONSE);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The hook signals (kill(2)) before it returns; the sleeper blocks the signal, so it is still
+    // pending now instead of killing it at some later moment.
+    let pending = pending_signals(pid);
     let survived = sleeper.try_wait().unwrap().is_none();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    assert!(survived, "the unrelated process was signalled");
+    assert!(
+        survived && pending == Some(0),
+        "the unrelated process was signalled (pending {pending:x?})"
+    );
     assert!(env.state().is_none(), "the stale state is removed");
     assert!(!env.inbox_path().exists());
 }
@@ -494,7 +524,7 @@ async fn x25_user_prompt_submit_outside_the_root_starts_nothing() {
         "{}",
         text(&out.stderr)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The hook has returned, so a daemon it spawned has already exec'd and shows in /proc.
     assert!(daemons_of(&env.home).is_empty());
     assert!(env.state().is_none() && !lock_held(&env));
 }
@@ -711,9 +741,20 @@ async fn logs_follow_prints_appended_lines_until_sigint() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let printed = collect(child.stdout.take().unwrap());
+    let so_far = || text(&printed.0.lock().unwrap());
+    // It prints the file only once its signal handlers are in place and it is following.
+    assert!(
+        eventually(T, || so_far() == "first\n").await,
+        "{}",
+        so_far()
+    );
     append(&log, "second\n");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        eventually(T, || so_far() == "first\nsecond\n").await,
+        "{}",
+        so_far()
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -728,8 +769,27 @@ async fn logs_follow_prints_appended_lines_until_sigint() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "first\nsecond\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    printed.1.join().unwrap();
+    assert_eq!(so_far(), "first\nsecond\n");
+}
+
+/// Reads `from` to its end in a thread; the bytes so far are in the buffer, the thread ends at EOF.
+fn collect(
+    mut from: impl std::io::Read + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    std::thread::JoinHandle<()>,
+) {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = from.read(&mut chunk) {
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, reader)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
