@@ -185,15 +185,18 @@ fn killed_or_clean(status: ExitStatus, after_sigterm: bool) -> bool {
 
 /// Lets the fake finish what a dead client left behind (held requests commit late; bytes the
 /// client wrote just before dying are still parsed), so the next daemon never overlaps them:
-/// everything answered and no new request for a quiet period.
+/// every connection closed, everything answered, and no new request for a quiet period.
 async fn settle(fake: &Fake) {
     for _ in 0..100 {
         assert!(
-            fake.wait_until(T, |f| f.requests().iter().all(|r| r.done()))
+            fake.wait_until(T, |f| f.open_connections() == 0
+                && f.requests().iter().all(|r| r.done()))
                 .await,
             "the fake still has requests in flight"
         );
         let seen = fake.request_count();
+        // Only a connection still in the listen backlog (not accepted yet) could bring more; the
+        // fake cannot see that queue, so a short quiet period stands for it.
         tokio::time::sleep(ms(50)).await;
         if fake.request_count() == seen && fake.requests().iter().all(|r| r.done()) {
             return;

@@ -2247,6 +2247,17 @@ impl Fake {
         self.requests_to(Route::Chunk)
     }
 
+    /// Connections accepted and not closed yet (a handler still running keeps its own open).
+    pub fn open_connections(&self) -> usize {
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
     pub fn violations(&self) -> Vec<String> {
         self.shared.lock().violations.clone()
     }
