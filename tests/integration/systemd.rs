@@ -336,6 +336,8 @@ fn start_and_sync(w: &World, fake: &Fake) -> u32 {
 
     let pid = main_pid(&w.unit);
     let mut pings = std::collections::BTreeSet::new();
+    // The watchdog fires on time alone, so only a wall-clock window past two periods shows it did
+    // not; the pings seen advancing anchor it, the 100 ms below is just the sampling interval.
     while started.elapsed() < WATCHDOG * 2 + Duration::from_millis(500) || pings.len() < 3 {
         assert!(
             started.elapsed() < T,
