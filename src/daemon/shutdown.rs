@@ -59,6 +59,17 @@ impl Daemon {
                 // Also the one init attempt when none ever succeeded (H34).
                 let report = engine.cycle().await;
                 engine.finish_cycle(&report);
+                // A file resting after a timed-out chunk was skipped: if its rest ends within
+                // the budget, wait for it and sync it too rather than leave its lines behind.
+                let quiet = engine.quiet_until().map(Instant::from_std);
+                if let Some(until) = quiet.filter(|t| *t < deadline) {
+                    tracing::info!(
+                        "waiting for a timed-out file's quiet period before its final sync"
+                    );
+                    sdnotify::keepalive(tokio::time::sleep_until(until)).await;
+                    let report = engine.cycle().await;
+                    engine.finish_cycle(&report);
+                }
                 if let Some(ev) = &end_event {
                     if engine.has_session() {
                         match engine.send_session_end(ev).await {

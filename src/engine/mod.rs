@@ -145,6 +145,11 @@ impl Engine {
         self.counters.clone()
     }
 
+    /// When the last running quiet period (a file resting after a timed-out chunk) ends.
+    pub fn quiet_until(&self) -> Option<std::time::Instant> {
+        self.files.values().filter_map(|t| t.quiet_until()).max()
+    }
+
     /// Waits for checkpoint writes still running (an ack's write may outlive a cycle cut short
     /// by the shutdown deadline): whoever deletes the state file afterwards must not see it
     /// written again behind its back.

@@ -248,6 +248,11 @@ impl Tracked {
         self.last_error = Some(why);
     }
 
+    /// When the quiet period after a timed-out chunk ends, while one is running.
+    pub fn quiet_until(&self) -> Option<Instant> {
+        self.quiet_until.filter(|t| *t > Instant::now())
+    }
+
     /// Not due, and no refresh counts, for `d` (see `quiet_until`).
     fn rest(&mut self, d: Duration) {
         self.quiet_until = Some(Instant::now() + d);

@@ -21,6 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use confab_sync::config::Tuning;
+use confab_sync::daemon::Exit;
 
 use crate::harness::*;
 use crate::support::fake::{Fake, Fault, Route, Times, API_KEY, DEFAULT_USER};
@@ -515,6 +516,30 @@ matrix! {
         },
         ..BASE
     };
+}
+
+/// A chunk timed out just before the stop: its file rests for one request timeout, and the final
+/// sync waits for the rest (it ends within the budget) instead of leaving the file's lines behind;
+/// the late commit is adopted, not resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_resting_after_a_timeout_gets_its_final_sync() {
+    let (fake, env, pool) = backend_with(5).await;
+    let mut tuning = env.tuning();
+    tuning.http_timeout = ms(400);
+    let d = env.start_with(env.options(), tuning);
+    assert!(fake.wait_until(T, |f| f.position(&env.id, NAME) == 5).await);
+    fake.hold_before_commit(Route::Chunk, ms(600), Times::Next(1));
+    append(&env.transcript, &lines_of(&pool[5..8]));
+    let gave_up = |f: &Fake| f.requests_to(Route::Chunk).iter().any(|r| r.client_gone);
+    assert!(
+        fake.wait_until(T, gave_up).await,
+        "the client gave up on the held chunk"
+    );
+    append(&env.transcript, &lines_of(&pool[8..10]));
+    let exit = d.stop_within(T).await;
+    assert!(matches!(exit, Exit::Clean(_)), "{exit:?}");
+    assert_eq!(fake.lines(&env.id, NAME), pool[..10]);
+    fake.assert_no_violations();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
