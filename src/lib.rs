@@ -8,9 +8,13 @@
 //! - [`redact`], [`metadata`], [`summary_link`]: what gets changed or attached before sending.
 //! - [`sink`], [`backend`], [`archive`]: where lines go.
 //! - [`filesync`]: one file's position and chunk loop; [`engine`]: one sync cycle over a session;
-//!   [`daemon`]: the `run` lifecycle; [`sdnotify`]: systemd readiness, status and watchdog.
+//!   [`checkpoint`]: the state file's writes, off the request path; [`daemon`]: the `run`
+//!   lifecycle; [`sdnotify`]: systemd readiness, status and watchdog; [`memory`]: what an idle
+//!   daemon gives back.
 //! - [`hooks`], [`reaper`], [`status`]: the Claude Code hooks, stale-file clean-up, and session
 //!   status and control (`status`, `stop`).
+//! - [`service`], [`install`]: systemd, launchd and detached launching, and `install`/`uninstall`;
+//!   [`watch`]: file-change wake-ups; [`logging`], [`progress`]: journald/terminal output.
 
 pub mod archive;
 pub mod backend;
