@@ -36,10 +36,17 @@ pub(super) fn transport_error(e: reqwest::Error) -> SinkError {
     let msg = describe(&e);
     if e.is_connect() {
         SinkError::NotSent(msg)
-    } else if e.is_timeout() {
-        SinkError::TimedOut(msg)
     } else if e.is_builder() {
         SinkError::Config(msg)
+    } else {
+        after_start(&e, msg)
+    }
+}
+
+/// A failure once the request has started: the outcome is unknown, and a timeout says so.
+fn after_start(e: &reqwest::Error, msg: String) -> SinkError {
+    if e.is_timeout() {
+        SinkError::TimedOut(msg)
     } else {
         SinkError::Unknown(msg)
     }
@@ -71,14 +78,11 @@ pub(super) async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>,
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(piece) = resp.chunk().await.map_err(|e| {
-        let msg = format!("reading the response: {}", describe(&e));
-        if e.is_timeout() {
-            SinkError::TimedOut(msg)
-        } else {
-            SinkError::Unknown(msg)
-        }
-    })? {
+    while let Some(piece) = resp
+        .chunk()
+        .await
+        .map_err(|e| after_start(&e, format!("reading the response: {}", describe(&e))))?
+    {
         if body.len() + piece.len() > MAX_RESPONSE_BYTES {
             return Err(too_large());
         }
