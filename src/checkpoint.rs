@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use crate::filesync::{stat_key, StatKey};
 use crate::state::{self, State};
 
 /// Owns the state file's writes for one daemon.
@@ -38,14 +39,11 @@ struct Shared {
     written: Mutex<Option<FileId>>,
 }
 
-/// `(dev, ino, len, mtime ns)`: a rename onto the path, or any rewrite, changes it.
-type FileId = (u64, u64, u64, i128);
+/// A rename onto the path, or any rewrite, changes it.
+type FileId = StatKey;
 
 fn file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(path).ok()?;
-    let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-    Some((m.dev(), m.ino(), m.len(), mtime))
+    std::fs::symlink_metadata(path).ok().map(|m| stat_key(&m))
 }
 
 #[derive(Default)]
@@ -88,9 +86,9 @@ impl Checkpointer {
 
     /// Writes `st` on the calling thread once the writer is idle: the cycle-end and init writes
     /// need no thread (an idle cycle would otherwise start one every interval).
-    pub fn write_now(&self, st: State) {
+    pub fn write_now(&self, st: &State) {
         self.flush();
-        write_state(&self.path, &st, &self.shared.written);
+        write_state(&self.path, st, &self.shared.written);
     }
 
     /// Waits until every submitted state is written.
@@ -203,7 +201,7 @@ mod tests {
         }
         cp.flush();
         assert_eq!(on_disk(&path).as_deref(), Some("line 50"));
-        cp.write_now(state_with_line(51));
+        cp.write_now(&state_with_line(51));
         assert_eq!(on_disk(&path).as_deref(), Some("line 51"));
     }
 
@@ -225,7 +223,7 @@ mod tests {
         let mut other = state_with_line(1);
         other.pid = i64::from(std::process::id()) + 1;
         state::save(&path, &other).unwrap();
-        Checkpointer::new(path.clone()).write_now(state_with_line(2));
+        Checkpointer::new(path.clone()).write_now(&state_with_line(2));
         assert_eq!(on_disk(&path).as_deref(), Some("line 1"));
     }
 
@@ -250,11 +248,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         let cp = Checkpointer::new(path.clone());
-        cp.write_now(state_with_line(1));
+        cp.write_now(&state_with_line(1));
         let mut other = state_with_line(2);
         other.pid = i64::from(std::process::id()) + 1;
         state::save(&path, &other).unwrap();
-        cp.write_now(state_with_line(3));
+        cp.write_now(&state_with_line(3));
         assert_eq!(on_disk(&path).as_deref(), Some("line 2"));
     }
 }

@@ -166,7 +166,7 @@ impl Engine {
             .values()
             .map(|t| (t.name.clone(), t.entry()))
             .collect();
-        self.checkpoints.write_now(self.state.clone());
+        self.checkpoints.write_now(&self.state);
     }
 
     /// One sync cycle: lazy init, then every file until nothing is left to send.
