@@ -14,34 +14,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Child;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 
 const SESSIONS: usize = 50;
-
-struct Server {
-    _rt: tokio::runtime::Runtime,
-    stats: Arc<Stats>,
-    url: String,
-}
-
-fn server() -> Server {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stats = Arc::new(Stats::default());
-    let url = start_server(&rt, stats.clone());
-    Server {
-        _rt: rt,
-        stats,
-        url,
-    }
-}
 
 /// Starts a daemon on a transcript of `bytes` and waits until the backend holds all `lines`.
 fn caught_up(w: &World, s: &Server, id: &str, env: &[(&str, &str)]) -> Child {

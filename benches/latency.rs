@@ -15,7 +15,6 @@ use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -219,16 +218,10 @@ fn main() {
         println!("latency: bench");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stats = Arc::new(Stats::default());
-    let url = start_server(&rt, stats.clone());
+    let s = server();
     let w = World::new();
-    w.write_config(json!({"backend_url": url, "api_key": "bench-key"}));
+    w.write_config(json!({"backend_url": s.url, "api_key": "bench-key"}));
     startup(&w);
     hook(&w);
-    append_latency(&w, &stats);
+    append_latency(&w, &s.stats);
 }

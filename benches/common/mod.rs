@@ -156,6 +156,28 @@ async fn other(State(s): State<Arc<Stats>>) -> Json<Value> {
     Json(json!({ "success": true }))
 }
 
+/// The backend in the benchmark process, on its own one-worker runtime (kept alive with it).
+pub struct Server {
+    _rt: tokio::runtime::Runtime,
+    pub stats: Arc<Stats>,
+    pub url: String,
+}
+
+pub fn server() -> Server {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stats = Arc::new(Stats::default());
+    let url = start_server(&rt, stats.clone());
+    Server {
+        _rt: rt,
+        stats,
+        url,
+    }
+}
+
 /// Serves the backend on 127.0.0.1 in `rt`; returns its base URL.
 pub fn start_server(rt: &tokio::runtime::Runtime, stats: Arc<Stats>) -> String {
     let listener = rt
